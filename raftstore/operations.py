@@ -1,0 +1,396 @@
+"""Record operations: a pure function from (stored record, op list, policy, now) to an outcome.
+
+Theory of operation. `operate` first validates the whole request (op count, bin names,
+argument types and values, policy fields) without looking at the record. Then:
+
+- Presence. `existing` is None, a live record, a tombstone or a record past its void time.
+  Only a live record is *present*; the others are *absent* for every policy and read, but
+  their generation and last-update time carry on into the next write of the digest.
+- Stored key: a `user_key` given (not None) that differs from the key stored with
+  `existing` (value or type) is KEY_MISMATCH, for reads and writes alike.
+- Read-only op lists (`ops.is_read_only`) need a present record (else RECORD_NOT_FOUND) and
+  change nothing: the outcome holds `existing`, unchanged, and `changed` is False. Exists
+  and generation policies do not apply to reads.
+- Any other list is a write. Checks, in order: exists policy (CREATE -> RECORD_EXISTS if
+  present; UPDATE and REPLACE -> RECORD_NOT_FOUND if absent), generation policy when present
+  (EQ: equal; GT: policy's greater; else GENERATION_ERROR), stored key. The bins start as
+  the present record's (IGNORE, UPDATE) or empty (REPLACE, CREATE_OR_REPLACE, or absent).
+- The ops run in order on a copy-on-write working copy (`operations_cdt.WorkingBins`); a
+  read sees the writes before it. DELETE and TOUCH need the record present at the start of
+  the request (else RECORD_NOT_FOUND). DELETE empties the bins; WRITE of None removes a bin.
+- The result of a write: no bins left on a present record -> a tombstone (no bins, void
+  time 0, set and key kept); no bins on an absent record -> PARAMETER_ERROR (nothing to
+  create); else a live record. Either way the generation moves to
+  `next_generation(existing generation, or 0)` once per request, the last-update time to
+  `max(now_ms, existing's)`, the set name stays the present record's (a new record takes
+  `set_name`), and the key is the sent one under `send_key`, else the one stored with
+  `existing` (even a tombstone's: it is the same digest, hence the same key).
+- Void time of a live record, from the last TOUCH's ttl, else the policy's: 0 -> namespace
+  default-ttl (0 = never), -1 -> never, -2 -> keep the present record's (absent: namespace
+  default), n > 0 -> n seconds after `now_ms`.
+- A failed request raises `error(code, msg)` and has had no effect: `existing` and the ops
+  are never modified. The outcome's record and results may share nested values with
+  `existing` and with the op arguments; every party treats them as read-only.
+
+Which ops return a value is `raftstore.ops`'s rule; list and map ops are in
+`raftstore.operations_cdt`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from raftstore import limits
+from raftstore.clock import (
+    TTL_DONT_UPDATE,
+    TTL_NAMESPACE_DEFAULT,
+    TTL_NEVER_EXPIRE,
+    void_time_after,
+)
+from raftstore.config import NamespaceConfig
+from raftstore.errors import ResultCode, error
+from raftstore.operations_cdt import (
+    CDT_RULES,
+    Args,
+    BinResult,
+    CdtRule,
+    WorkingBins,
+    add_number,
+    check_delta,
+    check_int64,
+)
+from raftstore.ops import Op, OpCode, is_read_only
+from raftstore.policy import Exists, Gen, WritePolicy
+from raftstore.record import Record, UserKey, check_record, next_generation
+from raftstore.values import check_bin_name, check_value
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    record: Record | None  # the record to store when `changed`, else the input record
+    results: list[BinResult]  # (bin, value) per returning op, in op order
+    changed: bool  # True iff something must be written (incl. a new tombstone)
+
+
+@dataclass(slots=True)
+class _Request:
+    """The mutable state of one request while its ops run."""
+
+    bins: WorkingBins
+    policy: WritePolicy
+    present: bool
+    results: list[BinResult]
+    touch_ttl: int | None = None  # the ttl of the last TOUCH, if any
+
+
+BinUse = Literal["required", "optional", "none"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    bin_use: BinUse
+    arities: tuple[int, ...]
+    check: Callable[[str, Args], None]  # the bin name, or "" for ops without one
+    apply: Callable[[_Request, str | None, Args], None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    rule: _Rule
+    bin: str | None
+    args: Args
+
+
+# -- scalar ops -----------------------------------------------------------------------------
+
+
+def _read(request: _Request, name: str | None, args: Args) -> None:
+    if name is None:
+        request.results.extend(request.bins.hand_out_all())
+    else:
+        request.results.append((name, request.bins.hand_out(name)))
+
+
+def _write(request: _Request, name: str | None, args: Args) -> None:
+    assert name is not None
+    if args[0] is None:
+        request.bins.remove(name)
+    else:
+        request.bins.put(name, args[0])
+
+
+def _delete(request: _Request, name: str | None, args: Args) -> None:
+    if not request.present:
+        raise error(ResultCode.RECORD_NOT_FOUND, "delete of a record that does not exist")
+    request.bins.clear()
+
+
+def _touch(request: _Request, name: str | None, args: Args) -> None:
+    if not request.present:
+        raise error(ResultCode.RECORD_NOT_FOUND, "touch of a record that does not exist")
+    request.touch_ttl = args[0] if args else request.policy.ttl
+
+
+def _increment(request: _Request, name: str | None, args: Args) -> None:
+    assert name is not None
+    total = add_number(request.bins.peek(name), args[0], f"bin {name!r}")
+    request.bins.put(name, total)
+
+
+def _concatenate(request: _Request, name: str | None, value: Any, *, at_end: bool) -> None:
+    assert name is not None
+    current = request.bins.peek(name)
+    if current is None:
+        request.bins.put(name, value)
+        return
+    same_type = isinstance(current, str) and isinstance(value, str)
+    same_type = same_type or (isinstance(current, bytes) and isinstance(value, bytes))
+    if not same_type:
+        raise error(
+            ResultCode.BIN_INCOMPATIBLE_TYPE,
+            f"bin {name!r} holds {type(current).__name__}, cannot join {type(value).__name__}",
+        )
+    request.bins.put(name, current + value if at_end else value + current)
+
+
+def _append(request: _Request, name: str | None, args: Args) -> None:
+    _concatenate(request, name, args[0], at_end=True)
+
+
+def _prepend(request: _Request, name: str | None, args: Args) -> None:
+    _concatenate(request, name, args[0], at_end=False)
+
+
+def _check_ttl(ttl: object, what: str) -> int:
+    if isinstance(ttl, bool) or not isinstance(ttl, int):
+        raise error(ResultCode.PARAMETER_ERROR, f"{what} must be an int")
+    if ttl in (TTL_DONT_UPDATE, TTL_NEVER_EXPIRE, TTL_NAMESPACE_DEFAULT):
+        return ttl
+    if not 1 <= ttl <= limits.TTL_SECONDS_MAX:
+        raise error(
+            ResultCode.PARAMETER_ERROR,
+            f"{what} must be -2, -1, 0 or 1..{limits.TTL_SECONDS_MAX} seconds, not {ttl}",
+        )
+    return ttl
+
+
+def _no_check(name: str, args: Args) -> None:
+    return None
+
+
+def _check_written(name: str, args: Args) -> None:
+    if args[0] is not None:
+        check_value(args[0], name)
+
+
+def _check_touch(name: str, args: Args) -> None:
+    if args:
+        _check_ttl(args[0], "touch ttl")
+
+
+def _check_increment(name: str, args: Args) -> None:
+    check_delta(args[0], f"bin {name!r}: increment delta")
+
+
+def _check_text(name: str, args: Args) -> None:
+    if not isinstance(args[0], str | bytes):
+        raise error(ResultCode.PARAMETER_ERROR, f"bin {name!r}: append/prepend takes str or bytes")
+
+
+def _from_cdt(rule: CdtRule) -> _Rule:
+    def apply(request: _Request, name: str | None, args: Args) -> None:
+        assert name is not None
+        request.results.append((name, rule.apply(request.bins, name, args)))
+
+    return _Rule("required", (rule.arity,), rule.check, apply)
+
+
+_RULES: dict[int, _Rule] = {
+    OpCode.READ: _Rule("optional", (0,), _no_check, _read),
+    OpCode.WRITE: _Rule("required", (1,), _check_written, _write),
+    OpCode.DELETE: _Rule("none", (0,), _no_check, _delete),
+    OpCode.TOUCH: _Rule("none", (0, 1), _check_touch, _touch),
+    OpCode.INCREMENT: _Rule("required", (1,), _check_increment, _increment),
+    OpCode.APPEND: _Rule("required", (1,), _check_text, _append),
+    OpCode.PREPEND: _Rule("required", (1,), _check_text, _prepend),
+    **{code: _from_cdt(rule) for code, rule in CDT_RULES.items()},
+}
+assert set(_RULES) == set(OpCode), "every op code has a rule"
+
+
+# -- validation -------------------------------------------------------------------------------
+
+
+def _validate_step(op: object) -> _Step:
+    if not isinstance(op, Op):
+        raise error(ResultCode.PARAMETER_ERROR, f"an operation must be an Op, not {op!r}")
+    code: object = op.code  # decoded from a peer: any type until checked
+    rule = None if isinstance(code, bool) or not isinstance(code, int) else _RULES.get(code)
+    if rule is None:
+        raise error(ResultCode.PARAMETER_ERROR, f"unknown operation code {code!r}")
+    code_name = OpCode(op.code).name
+    if op.bin is None:
+        if rule.bin_use == "required":
+            raise error(ResultCode.PARAMETER_ERROR, f"{code_name} needs a bin name")
+        name = ""
+    else:
+        if rule.bin_use == "none":
+            raise error(ResultCode.PARAMETER_ERROR, f"{code_name} takes no bin name")
+        name = check_bin_name(op.bin)
+    if not isinstance(op.args, tuple | list) or len(op.args) not in rule.arities:
+        raise error(ResultCode.PARAMETER_ERROR, f"{code_name}: wrong number of arguments")
+    args = tuple(op.args)
+    rule.check(name, args)
+    return _Step(rule, op.bin, args)
+
+
+def _check_enum(value: object, kind: type[Exists] | type[Gen], what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value not in set(kind):
+        raise error(ResultCode.PARAMETER_ERROR, f"unknown {what} policy {value!r}")
+
+
+def _validate_policy(policy: WritePolicy) -> None:
+    if not isinstance(policy, WritePolicy):
+        raise error(ResultCode.PARAMETER_ERROR, "policy must be a WritePolicy")
+    _check_enum(policy.exists, Exists, "exists")
+    _check_enum(policy.gen, Gen, "generation")
+    generation = check_int64(policy.generation, "policy generation")
+    if not 0 <= generation <= limits.GENERATION_MAX:
+        raise error(
+            ResultCode.PARAMETER_ERROR, f"policy generation must be 0..65535, not {generation}"
+        )
+    _check_ttl(policy.ttl, "policy ttl")
+    if not isinstance(policy.send_key, bool):
+        raise error(ResultCode.PARAMETER_ERROR, "policy send_key must be a bool")
+
+
+def _validate_user_key(user_key: object) -> None:
+    if user_key is None or isinstance(user_key, str | bytes):
+        return
+    check_int64(user_key, "user key")
+
+
+def _validate(ops: Sequence[Op], policy: WritePolicy, user_key: UserKey | None) -> list[_Step]:
+    if not ops:
+        raise error(ResultCode.PARAMETER_ERROR, "a request needs at least one operation")
+    if len(ops) > limits.OPS_PER_REQUEST_MAX:
+        raise error(
+            ResultCode.PARAMETER_ERROR,
+            f"{len(ops)} operations is over the limit of {limits.OPS_PER_REQUEST_MAX}",
+        )
+    _validate_policy(policy)
+    _validate_user_key(user_key)
+    return [_validate_step(op) for op in ops]
+
+
+# -- the request ------------------------------------------------------------------------------
+
+
+def _check_stored_key(existing: Record | None, user_key: UserKey | None) -> None:
+    if existing is None or existing.user_key is None or user_key is None:
+        return
+    stored = existing.user_key
+    if type(stored) is not type(user_key) or stored != user_key:
+        raise error(ResultCode.KEY_MISMATCH, "the key sent differs from the stored key")
+
+
+def _check_write_policy(policy: WritePolicy, existing: Record | None, present: bool) -> None:
+    if present and policy.exists == Exists.CREATE:
+        raise error(ResultCode.RECORD_EXISTS, "create-only write of a record that exists")
+    if not present and policy.exists in (Exists.UPDATE, Exists.REPLACE):
+        raise error(ResultCode.RECORD_NOT_FOUND, "update-only write of a record that is absent")
+    if not present or policy.gen == Gen.IGNORE:
+        return
+    assert existing is not None
+    if policy.gen == Gen.EQ and policy.generation != existing.generation:
+        raise error(
+            ResultCode.GENERATION_ERROR,
+            f"generation is {existing.generation}, the policy expects {policy.generation}",
+        )
+    if policy.gen == Gen.GT and not policy.generation > existing.generation:
+        raise error(
+            ResultCode.GENERATION_ERROR,
+            f"generation is {existing.generation}, the policy's {policy.generation} is not greater",
+        )
+
+
+def _void_time(ttl: int, kept: int | None, now_ms: int, namespace: NamespaceConfig) -> int:
+    """The void time for `ttl`; `kept` is the present record's void time (None if absent)."""
+    if ttl == TTL_DONT_UPDATE:
+        if kept is not None:
+            return kept
+        ttl = TTL_NAMESPACE_DEFAULT
+    if ttl == TTL_NAMESPACE_DEFAULT:
+        ttl = namespace.default_ttl_s or TTL_NEVER_EXPIRE
+    if ttl == TTL_NEVER_EXPIRE:
+        return 0
+    return void_time_after(now_ms, ttl)
+
+
+def _run(steps: list[_Step], request: _Request) -> None:
+    for step in steps:
+        step.rule.apply(request, step.bin, step.args)
+
+
+def _read_only(
+    existing: Record | None, steps: list[_Step], present: bool, user_key: UserKey | None
+) -> Outcome:
+    if not present:
+        raise error(ResultCode.RECORD_NOT_FOUND, "read of a record that does not exist")
+    assert existing is not None
+    _check_stored_key(existing, user_key)
+    request = _Request(WorkingBins(existing.bins), WritePolicy(), True, [])
+    _run(steps, request)
+    return Outcome(existing, request.results, changed=False)
+
+
+def operate(
+    existing: Record | None,
+    ops: Sequence[Op],
+    policy: WritePolicy,
+    *,
+    now_ms: int,
+    set_name: str,
+    user_key: UserKey | None,
+    namespace: NamespaceConfig,
+) -> Outcome:
+    """Apply `ops` to `existing` under `policy` at `now_ms` (see the module's rules)."""
+    assert now_ms >= 0, now_ms
+    assert isinstance(set_name, str), set_name
+    steps = _validate(ops, policy, user_key)
+    present = existing is not None and existing.is_live(now_ms)
+    if is_read_only(list(ops)):
+        return _read_only(existing, steps, present, user_key)
+
+    _check_write_policy(policy, existing, present)
+    _check_stored_key(existing, user_key)
+    replacing = policy.exists in (Exists.REPLACE, Exists.CREATE_OR_REPLACE)
+    start = existing.bins if existing is not None and present and not replacing else {}
+    request = _Request(WorkingBins(start), policy, present, [])
+    _run(steps, request)
+
+    bins = request.bins.values
+    if len(bins) > limits.BINS_PER_RECORD_MAX:
+        raise error(
+            ResultCode.PARAMETER_ERROR,
+            f"{len(bins)} bins is over the limit of {limits.BINS_PER_RECORD_MAX}",
+        )
+    if not bins and not present:
+        raise error(ResultCode.PARAMETER_ERROR, "write would create an empty record")
+
+    stored_key = existing.user_key if existing is not None else None
+    kept_void_time = existing.void_time if existing is not None and present else None
+    ttl = policy.ttl if request.touch_ttl is None else request.touch_ttl
+    record = Record(
+        generation=next_generation(existing.generation if existing is not None else 0),
+        void_time=_void_time(ttl, kept_void_time, now_ms, namespace) if bins else 0,
+        last_update_ms=max(now_ms, existing.last_update_ms if existing is not None else 0),
+        set_name=existing.set_name if existing is not None and present else set_name,
+        bins=bins,
+        tombstone=not bins,
+        user_key=user_key if policy.send_key and user_key is not None else stored_key,
+    )
+    check_record(record)
+    return Outcome(record, request.results, changed=True)
