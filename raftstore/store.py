@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import cast
 
 import lmdb
 
@@ -80,8 +81,8 @@ class LmdbTxn:
         self.dbs = dbs
 
     def get(self, table: Table, key: bytes) -> bytes | None:
-        value: bytes | None = self.txn.get(key, db=self.dbs[table])
-        return value
+        # buffers=False (see `begin`): LMDB hands out bytes, never memoryviews.
+        return cast("bytes | None", self.txn.get(key, db=self.dbs[table]))
 
     def put(self, table: Table, key: bytes, value: bytes) -> None:
         self.txn.put(key, value, db=self.dbs[table])
@@ -95,6 +96,6 @@ class LmdbTxn:
         if not cursor.set_range(prefix):
             return
         for key, value in cursor:
-            if not key.startswith(prefix):
+            if not cast(bytes, key).startswith(prefix):
                 return
-            yield key, value
+            yield cast(bytes, key), cast(bytes, value)

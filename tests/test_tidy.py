@@ -1,8 +1,8 @@
 """The dependency direction of ARCHITECTURE.md, and pure cores free of I/O, as tests.
 
-    raftstore  <-  txn  <-  server
-    client     ->  only the light, I/O-free modules of raftstore
-    jepsen_like -> client (and the light modules), never server, txn or engine internals
+raftstore  <-  txn  <-  server
+client     ->  only the light, I/O-free modules of raftstore
+jepsen_like -> client (and the light modules), never server, txn or engine internals
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def test_the_packages_have_modules() -> None:
 
 @pytest.mark.parametrize(("module", "path"), MODULES, ids=[m for m, _ in MODULES])
 def test_dependency_direction(module: str, path: Path) -> None:
-    package = module.split(".")[0]
+    package = module.split(".", maxsplit=1)[0]
     for imported in imported_modules(path):
         top = imported.split(".")[0]
         if top not in PACKAGES:

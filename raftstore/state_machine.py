@@ -1,0 +1,353 @@
+"""The replicated state machine of one partition group: commands in, results out.
+
+Theory of operation. `apply_batch(txn, log_index, commands)` applies every command of a
+batch through one store transaction `txn` and returns one `Result` per command plus the
+changes the primary index must take. The caller (the engine) commits the transaction, and
+only then calls `publish(batch)`, so the RAM index never runs ahead of the device.
+
+Rules:
+- Deterministic: no clock, no randomness, no iteration over unordered collections that
+  decides anything. Time comes inside the commands; candidates for truncate, expiry and the
+  tomb raider are taken in ascending digest order.
+- A command that fails (a `RaftstoreError`) has no effect: every check happens before the
+  first write of that command. Its failure is its result, and is stored like a success so
+  that a retry gets the same answer.
+- Exactly-once: a `RecordRequest` whose `(client_id, request_seq)` is in the session table is
+  answered from there. See `raftstore.commands` for the session floor (`acked_seq`).
+- The applied log position is written in the same transaction as the commands it covers.
+- A bug inside one command (any exception that is not a `RaftstoreError`) is reported as
+  `CommandCrashed` with the command's position; the caller aborts the transaction and applies
+  the batch again with that position answered SERVER_ERROR, on every replica alike.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from raftstore import codec, keys, limits, operations
+from raftstore.clock import is_expired
+from raftstore.commands import (
+    Barrier,
+    Command,
+    Expire,
+    RecordRequest,
+    Result,
+    TombRaid,
+    Truncate,
+    decode_result,
+    encode_result,
+    failure,
+)
+from raftstore.config import NamespaceConfig
+from raftstore.errors import RaftstoreError, ResultCode, error
+from raftstore.index import PrimaryIndex
+from raftstore.kv import KvTxn, Table
+from raftstore.record import Record, RecordMeta, check_record, next_generation
+
+APPLIED_KEY = b"applied_index"
+SESSION_IDLE_MS_MAX = 3600 * 1000  # a client silent this long is forgotten by the tomb raider
+
+_U64 = struct.Struct(">Q")
+_CLIENT_ROW = struct.Struct(">QQ")  # session floor, last-seen time (ms)
+_SET_ID = struct.Struct(">H")
+
+
+class CommandCrashed(Exception):
+    """A command raised something that is not a `RaftstoreError`: a bug, reported by position."""
+
+    def __init__(self, position: int, cause: BaseException) -> None:
+        super().__init__(f"command {position} crashed: {cause!r}")
+        self.position = position
+        self.cause = cause
+
+
+@dataclass(slots=True)
+class _Client:
+    floor: int
+    last_seen_ms: int
+    dirty: bool = False
+
+
+@dataclass(slots=True)
+class AppliedBatch:
+    """What one applied batch produced; `publish` it after the transaction commits."""
+
+    log_index: int
+    results: list[Result] = field(default_factory=list)
+    metas: dict[bytes, RecordMeta | None] = field(default_factory=dict)
+    new_sets: dict[str, int] = field(default_factory=dict)
+
+
+def read_applied_index(txn: KvTxn) -> int:
+    raw = txn.get(Table.META, APPLIED_KEY)
+    return 0 if raw is None else int(_U64.unpack(raw)[0])
+
+
+def load_sets(txn: KvTxn) -> dict[str, int]:
+    return {name.decode("utf-8"): _SET_ID.unpack(raw)[0] for name, raw in txn.scan(Table.SETS)}
+
+
+def tombstone_of(record: Record, now_ms: int) -> Record:
+    """The durable trace a delete leaves: no bins, the next generation, kept key and set."""
+    return Record(
+        generation=next_generation(record.generation),
+        void_time=0,
+        last_update_ms=max(now_ms, record.last_update_ms),
+        set_name=record.set_name,
+        bins={},
+        tombstone=True,
+        user_key=record.user_key,
+    )
+
+
+class StateMachine:
+    def __init__(self, namespace: NamespaceConfig, index: PrimaryIndex) -> None:
+        self.namespace = namespace
+        self.index = index
+
+    # -- batches ---------------------------------------------------------------------------
+
+    def apply_batch(
+        self,
+        txn: KvTxn,
+        log_index: int,
+        commands: Sequence[Command],
+        crashed: frozenset[int] = frozenset(),
+    ) -> AppliedBatch:
+        applied = read_applied_index(txn)
+        assert log_index > applied, f"log index {log_index} already applied (at {applied})"
+        assert len(commands) <= limits.BATCH_COMMANDS_MAX, len(commands)
+        batch = _Batch(txn, self.index, log_index)
+        for position, command in enumerate(commands):
+            if position in crashed:
+                batch.applied.results.append(failure(ResultCode.SERVER_ERROR, "command crashed"))
+                continue
+            try:
+                result = self._apply(batch, command)
+            except RaftstoreError as exc:  # pragma: no cover - _apply turns these into results
+                result = failure(exc.code, exc.msg)
+            except Exception as exc:
+                raise CommandCrashed(position, exc) from exc
+            batch.applied.results.append(result)
+        batch.flush_clients()
+        txn.put(Table.META, APPLIED_KEY, _U64.pack(log_index))
+        return batch.applied
+
+    def publish(self, applied: AppliedBatch) -> None:
+        """Apply a committed batch's changes to the RAM index."""
+        for set_name, set_id in applied.new_sets.items():
+            self.index.register_set(set_name, set_id)
+        for digest, meta in applied.metas.items():
+            if meta is None:
+                self.index.remove(digest)
+            else:
+                self.index.put(digest, meta)
+
+    # -- commands ----------------------------------------------------------------------------
+
+    def _apply(self, batch: _Batch, command: Command) -> Result:
+        if isinstance(command, RecordRequest):
+            return self._apply_request(batch, command)
+        if isinstance(command, Truncate):
+            return self._truncate(batch, command)
+        if isinstance(command, Expire):
+            return self._expire(batch, command)
+        if isinstance(command, TombRaid):
+            return self._tomb_raid(batch, command)
+        if isinstance(command, Barrier):
+            return Result()
+        raise error(ResultCode.PARAMETER_ERROR, f"unknown command {type(command).__name__}")
+
+    def _apply_request(self, batch: _Batch, request: RecordRequest) -> Result:
+        client = batch.client(request.client_id, request.acked_seq)
+        if request.request_seq < client.floor:
+            return failure(
+                ResultCode.SESSION_EXPIRED,
+                f"request {request.request_seq} is below the session floor {client.floor}",
+            )
+        session_key = _U64.pack(request.client_id) + _U64.pack(request.request_seq)
+        stored = batch.txn.get(Table.SESSIONS, session_key)
+        if stored is not None:
+            return decode_result(stored)
+        if request.acked_seq > client.floor:
+            batch.forget_sessions(request.client_id, request.acked_seq)
+            client.floor = request.acked_seq
+        client.last_seen_ms = max(client.last_seen_ms, request.now_ms)
+        client.dirty = True
+        try:
+            result = self._operate(batch, request)
+        except RaftstoreError as exc:
+            result = failure(exc.code, exc.msg)
+        batch.txn.put(Table.SESSIONS, session_key, encode_result(result))
+        return result
+
+    def _operate(self, batch: _Batch, request: RecordRequest) -> Result:
+        if len(request.digest) != limits.DIGEST_BYTES:
+            raise error(ResultCode.PARAMETER_ERROR, "digest must be 20 bytes")
+        set_name = keys.check_set_name(request.set_name)
+        existing = batch.load(request.digest)
+        outcome = operations.operate(
+            existing,
+            request.ops,
+            request.policy,
+            now_ms=request.now_ms,
+            set_name=set_name,
+            user_key=request.user_key,
+            namespace=self.namespace,
+        )
+        record = outcome.record
+        if outcome.changed:
+            assert record is not None
+            self._store(batch, request.digest, record)
+        if record is None:
+            return Result(results=tuple(outcome.results))
+        return Result(
+            generation=record.generation,
+            void_time=record.void_time,
+            results=tuple(outcome.results),
+            last_update_ms=record.last_update_ms,
+        )
+
+    def _store(self, batch: _Batch, digest: bytes, record: Record) -> None:
+        check_record(record)
+        encoded = codec.encode_record(record)
+        if len(encoded) > self.namespace.max_record_bytes:
+            raise error(
+                ResultCode.RECORD_TOO_BIG,
+                f"record of {len(encoded)} bytes is over max-record-size "
+                f"{self.namespace.max_record_bytes}",
+            )
+        batch.ensure_set(record.set_name)
+        batch.txn.put(Table.RECORDS, digest, encoded)
+        batch.applied.metas[digest] = record.meta
+
+    def _truncate(self, batch: _Batch, command: Truncate) -> Result:
+        def doomed(meta: RecordMeta) -> bool:
+            in_scope = command.set_name is None or meta.set_name == command.set_name
+            return in_scope and not meta.tombstone and meta.last_update_ms <= command.before_ms
+
+        count = self._bury(batch, batch.digests_where(doomed), command.now_ms)
+        return Result(count=count)
+
+    def _expire(self, batch: _Batch, command: Expire) -> Result:
+        def expired(digest: bytes) -> bool:
+            meta = batch.meta(digest)
+            return (
+                meta is not None
+                and not meta.tombstone
+                and is_expired(meta.void_time, command.now_ms)
+            )
+
+        digests = sorted({d for d in command.digests if expired(d)})
+        return Result(count=self._bury(batch, digests, command.now_ms))
+
+    def _bury(self, batch: _Batch, digests: Iterable[bytes], now_ms: int) -> int:
+        count = 0
+        for digest in digests:
+            record = batch.load(digest)
+            assert record is not None and not record.tombstone
+            self._store(batch, digest, tombstone_of(record, now_ms))
+            count += 1
+        return count
+
+    def _tomb_raid(self, batch: _Batch, command: TombRaid) -> Result:
+        horizon_ms = command.now_ms - self.namespace.tomb_raider_period_s * 1000
+
+        def raidable(meta: RecordMeta) -> bool:
+            return meta.tombstone and meta.last_update_ms < horizon_ms
+
+        count = 0
+        for digest in batch.digests_where(raidable):
+            batch.txn.delete(Table.RECORDS, digest)
+            batch.applied.metas[digest] = None
+            count += 1
+        batch.forget_idle_clients(command.now_ms - SESSION_IDLE_MS_MAX)
+        return Result(count=count)
+
+
+class _Batch:
+    """The working state of one batch: the transaction, pending index changes, client rows."""
+
+    def __init__(self, txn: KvTxn, index: PrimaryIndex, log_index: int) -> None:
+        self.txn = txn
+        self.index = index
+        self.applied = AppliedBatch(log_index)
+        self.clients: dict[int, _Client] = {}
+
+    def meta(self, digest: bytes) -> RecordMeta | None:
+        metas = self.applied.metas
+        if digest in metas:
+            return metas[digest]
+        return self.index.get(digest)
+
+    def load(self, digest: bytes) -> Record | None:
+        raw = self.txn.get(Table.RECORDS, digest)
+        return None if raw is None else codec.decode_record(raw)
+
+    def digests_where(self, keep: Callable[[RecordMeta], bool]) -> list[bytes]:
+        """Digests whose (pending or indexed) metadata passes `keep`, in ascending order."""
+        pending = self.applied.metas
+        chosen = [d for d, meta in self.index.items() if d not in pending and keep(meta)]
+        chosen.extend(d for d, meta in pending.items() if meta is not None and keep(meta))
+        chosen.sort()
+        return chosen
+
+    def ensure_set(self, set_name: str) -> None:
+        if not set_name or self.index.set_id(set_name) is not None:
+            return
+        if set_name in self.applied.new_sets:
+            return
+        used = len(self.index.set_names()) + len(self.applied.new_sets)
+        if used >= limits.SETS_PER_NAMESPACE_MAX:
+            raise error(
+                ResultCode.SET_LIMIT,
+                f"namespace already has {limits.SETS_PER_NAMESPACE_MAX} sets",
+            )
+        set_id = used + 1
+        self.txn.put(Table.SETS, set_name.encode("utf-8"), _SET_ID.pack(set_id))
+        self.applied.new_sets[set_name] = set_id
+
+    def client(self, client_id: int, acked_seq: int) -> _Client:
+        client = self.clients.get(client_id)
+        if client is None:
+            raw = self.txn.get(Table.CLIENTS, _U64.pack(client_id))
+            if raw is None:
+                # A client we do not know (new, or forgotten after SESSION_IDLE_MS_MAX of
+                # silence, far longer than any retry lives) starts at its own floor.
+                client = _Client(floor=acked_seq, last_seen_ms=0, dirty=True)
+            else:
+                floor, last_seen_ms = _CLIENT_ROW.unpack(raw)
+                client = _Client(floor=floor, last_seen_ms=last_seen_ms)
+            self.clients[client_id] = client
+        return client
+
+    def forget_sessions(self, client_id: int, below_seq: int) -> None:
+        prefix = _U64.pack(client_id)
+        doomed = []
+        for key, _ in self.txn.scan(Table.SESSIONS, prefix):
+            if _U64.unpack_from(key, 8)[0] >= below_seq:
+                break
+            doomed.append(key)
+        for key in doomed:
+            self.txn.delete(Table.SESSIONS, key)
+
+    def forget_idle_clients(self, silent_since_ms: int) -> None:
+        idle = [
+            key
+            for key, raw in self.txn.scan(Table.CLIENTS)
+            if _CLIENT_ROW.unpack(raw)[1] < silent_since_ms
+        ]
+        for key in idle:
+            client_id = _U64.unpack(key)[0]
+            self.forget_sessions(client_id, 2**64 - 1)
+            self.txn.delete(Table.CLIENTS, key)
+            self.clients.pop(client_id, None)
+
+    def flush_clients(self) -> None:
+        for client_id in sorted(self.clients):
+            client = self.clients[client_id]
+            if client.dirty:
+                row = _CLIENT_ROW.pack(client.floor, client.last_seen_ms)
+                self.txn.put(Table.CLIENTS, _U64.pack(client_id), row)
