@@ -21,6 +21,8 @@ LIGHT_MODULES = frozenset(
         "raftstore",
         "raftstore.clock",
         "raftstore.codec",
+        "raftstore.command_codec",
+        "raftstore.commands",
         "raftstore.config",
         "raftstore.errors",
         "raftstore.keys",
