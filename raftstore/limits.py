@@ -28,3 +28,14 @@ GENERATION_MAX = 0xFFFF  # 16-bit; wraps to 1, 0 is reserved for "no record"
 
 OPS_PER_REQUEST_MAX = 1024
 BATCH_COMMANDS_MAX = 4096  # commands the state machine applies in one store transaction
+
+# The group runtime (raftstore/group.py): group commit and its bounds.
+GROUP_QUEUE_COMMANDS_MAX = 4 * BATCH_COMMANDS_MAX  # writes waiting; more -> DEVICE_OVERLOAD
+GROUP_READS_WAITING_MAX = 4 * BATCH_COMMANDS_MAX  # linearizable reads waiting for a barrier
+GROUP_ENTRIES_IN_FLIGHT_MAX = 4  # proposed, unanswered log entries per group
+# A batch closes before this; a lone command over it is refused (RECORD_TOO_BIG). Below the
+# pysyncobj adapter's own ceiling (RaftOptions.entry_bytes_max, about 16 MiB), above the
+# largest record.
+ENTRY_BYTES_MAX = RECORD_BYTES_MAX + RECORD_BYTES_MAX // 2
+EXPIRE_DIGESTS_MAX = 1024  # candidates in one Expire command
+EXPIRE_SCAN_ENTRIES_MAX = 65536  # index entries one expiry sweep call looks at
