@@ -27,13 +27,12 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-import structlog
-
 from client import operations as op
 from client.checks import check_int, param_error, param_errors
 from client.cluster import Call, Cluster, Target
 from client.connection import ConnectionOptions, Node
 from client.key_tuples import KeyRef, KeyTuple, parse_key
+from client.logger import get_logger
 from client.policies import Meta, Policy, check_ttl, parse_meta, resolve
 from client.routing import Address, PartitionMap
 from client.settings import SEND_STALL_TIMEOUT_S, Settings, parse_config
@@ -44,7 +43,7 @@ from raftstore.ops import Op, is_read_only
 from raftstore.policy import DEFAULT_WRITE_POLICY
 from raftstore.values import check_bin_name, check_value
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 Bins = dict[str, Any]
 MetaDict = dict[str, int]

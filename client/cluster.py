@@ -36,15 +36,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-import structlog
-
 from client.connection import Address, Connection, ConnectionOptions, Node, NotSent, Pending
+from client.logger import get_logger
 from client.policies import Policy
 from client.routing import PartitionMap, parse_partition_map
 from raftstore import wire
 from raftstore.errors import RaftstoreError, ResultCode, error, is_definite
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 BACKOFF_MIN_S = 0.005
 BACKOFF_MAX_S = 0.2

@@ -24,12 +24,11 @@ import socket
 import threading
 from dataclasses import dataclass
 
-import structlog
-
+from client.logger import get_logger
 from raftstore import wire
 from raftstore.errors import RaftstoreError
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 RECV_BYTES = 256 * 1024
 READER_JOIN_S = 5.0

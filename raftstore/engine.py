@@ -13,6 +13,8 @@ entries after a restart, and they must not be applied twice.
 
 from __future__ import annotations
 
+import os
+import shutil
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -141,18 +143,29 @@ class Engine:
     def metadata(self, digest: bytes) -> RecordMeta | None:
         return self.index.get(digest)
 
+    def partition_metas(self, partition_id: int | None) -> list[tuple[bytes, RecordMeta]]:
+        """A copy of the index entries of one partition (or all), taken between batches."""
+        with self._index_lock:
+            return list(self.index.items(partition_id))
+
     def scan(
-        self, partition_ids: Sequence[int] | None = None, set_name: str | None = None
+        self,
+        partition_ids: Sequence[int] | None = None,
+        set_name: str | None = None,
+        *,
+        after: bytes | None = None,
     ) -> Iterator[tuple[bytes, Record]]:
-        """Stored records (tombstones included) of some partitions and/or one set, by digest."""
-        wanted = [None] if partition_ids is None else list(partition_ids)
+        """Stored records (tombstones included) of some partitions and/or one set, in digest
+        order within each partition; `after` resumes the first partition past that digest."""
+        wanted: list[int | None] = [None] if partition_ids is None else list(partition_ids)
         for partition_id in wanted:
-            with self._index_lock:
-                digests = sorted(
-                    digest
-                    for digest, meta in self.index.items(partition_id)
-                    if set_name is None or meta.set_name == set_name
-                )
+            digests = sorted(
+                digest
+                for digest, meta in self.partition_metas(partition_id)
+                if (set_name is None or meta.set_name == set_name)
+                and (after is None or digest > after)
+            )
+            after = None
             for digest in digests:
                 record = self.get(digest)
                 if record is not None:
@@ -161,6 +174,49 @@ class Engine:
     def stats(self) -> IndexStats:
         with self._index_lock:
             return self.index.stats()
+
+    # -- snapshots (raftstore.raft_log) --------------------------------------------------------
+
+    def copy_to(self, path: Path) -> int:
+        """Copy the store into the directory `path` (LMDB's compacting copy) and return the
+        applied position the copy holds, both read in one read transaction."""
+        path.mkdir(parents=True, exist_ok=True)
+        with self.store.begin() as txn:
+            applied = read_applied_index(txn)
+            self.store.env.copy(str(path), compact=True, txn=txn.txn)
+        return applied
+
+    def replace_with(self, snapshot_dir: Path) -> None:
+        """Make the LMDB copy in `snapshot_dir` (moved, not copied) this engine's store: close
+        the store, swap the directories, reopen, rebuild the index from the new store.
+
+        A crash between the two renames leaves no directory at `path`; the next open creates an
+        empty store (applied position 0) and Raft installs the snapshot again. Readers must not
+        use the engine meanwhile (a snapshot is installed on a follower or at start, where no
+        SC read is served)."""
+        durable = self.store.durable
+        incoming = self.path.with_name(self.path.name + ".incoming")
+        retired = self.path.with_name(self.path.name + ".retired")
+        shutil.rmtree(incoming, ignore_errors=True)
+        shutil.rmtree(retired, ignore_errors=True)
+        shutil.move(snapshot_dir, incoming)  # a copy only if on another file system
+        self.store.close()
+        if self.path.exists():
+            os.replace(self.path, retired)
+        os.replace(incoming, self.path)
+        if durable:
+            dir_fd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        shutil.rmtree(retired, ignore_errors=True)
+        self.store = LmdbStore(self.path, durable=durable)
+        with self._index_lock:
+            self.index = PrimaryIndex()
+            self.machine = StateMachine(self.namespace, self.index)
+        self.corrupt_digests = []
+        self._open()
 
     def close(self) -> None:
         self.store.close()

@@ -55,8 +55,9 @@ def run_server(config_path: Path) -> int:
         logs.configure(json=True, stream=config.log_file.open("a", encoding="utf-8", buffering=1))
     else:
         logs.configure(json=not sys.stderr.isatty())
-    from server.listener import run  # the heavy imports (lmdb, pysyncobj) after config checks
-    from server.node import Node
+    # The heavy imports (lmdb, pysyncobj) only after the config is known to be good.
+    from server.listener import run  # noqa: PLC0415
+    from server.node import Node  # noqa: PLC0415
 
     node = Node(config)
     node.start()
@@ -84,7 +85,7 @@ def run_cluster(args: argparse.Namespace) -> int:
         hosts = ", ".join(f"127.0.0.1:{n.port}" for n in nodes)
         sys.stdout.write(
             f"raftstore: {len(nodes)} nodes running from {data}/ ({hosts})\n"
-            f"connect:   import client; c = client.connect(json.load(open('{data}/cluster.json')))\n"
+            f"connect:   client.connect(json.load(open('{data}/cluster.json')))  (Python SDK)\n"
             f"status:    raftstore cluster status --data {data}\n"
             f"stop:      raftstore cluster stop --data {data}\n"
         )

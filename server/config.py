@@ -6,6 +6,7 @@ id = "n1"                      # must be one of cluster.nodes
 data-dir = "data/n1"
 secret = "..."                 # the cluster secret: encrypts and authenticates Raft traffic
 log-file = "data/n1/node.log"  # optional: JSON lines
+log-compaction-entries = 5000  # optional: Raft log entries kept before a snapshot
 
 [[cluster.nodes]]              # every node of the cluster (static membership), seeds included
 id = "n1"
@@ -83,6 +84,7 @@ class NodeConfig:
     nodes: tuple[NodeAddress, ...]
     namespaces: tuple[NamespaceConfig, ...]
     log_file: Path | None = None
+    log_compaction_entries: int = 5000
 
     @property
     def me(self) -> NodeAddress:
@@ -138,7 +140,7 @@ def parse(raw: dict[str, Any], *, base: Path, source: str = "config") -> NodeCon
 
     _only(raw, {"node", "cluster", "namespaces"}, "top level", fail)
     node = _table(raw, "node", fail)
-    _only(node, {"id", "data-dir", "secret", "log-file"}, "[node]", fail)
+    _only(node, {"id", "data-dir", "secret", "log-file", "log-compaction-entries"}, "[node]", fail)
     nodes = tuple(_node_address(entry, fail) for entry in _cluster_nodes(raw, fail))
     node_id = _text(node, "id", "[node] id", fail)
     ids = [n.node_id for n in nodes]
@@ -156,6 +158,9 @@ def parse(raw: dict[str, Any], *, base: Path, source: str = "config") -> NodeCon
     if total_groups > GROUPS_PER_NODE_MAX:
         raise fail(f"namespaces: {total_groups} partition groups, at most {GROUPS_PER_NODE_MAX}")
     log_file = node.get("log-file")
+    compaction = node.get("log-compaction-entries", 5000)
+    if not isinstance(compaction, int) or isinstance(compaction, bool) or compaction < 10:
+        raise fail("[node] log-compaction-entries must be an int >= 10")
     return NodeConfig(
         node_id=node_id,
         data_dir=base / _text(node, "data-dir", "[node] data-dir", fail),
@@ -163,6 +168,7 @@ def parse(raw: dict[str, Any], *, base: Path, source: str = "config") -> NodeCon
         nodes=nodes,
         namespaces=namespaces,
         log_file=None if log_file is None else base / str(log_file),
+        log_compaction_entries=compaction,
     )
 
 

@@ -75,7 +75,14 @@ def cluster_nodes(data: Path) -> list[LocalNode]:
     ]
 
 
-def write_configs(data: Path, node_count: int, base_port: int) -> list[LocalNode]:
+def write_configs(
+    data: Path,
+    node_count: int,
+    base_port: int,
+    *,
+    compaction_entries: int = 5000,
+    commit_to_device: bool = False,
+) -> list[LocalNode]:
     """Make the cluster's configs at its first start; later starts reuse them."""
     settings = data / "cluster.toml"
     if settings.exists():
@@ -104,30 +111,38 @@ def write_configs(data: Path, node_count: int, base_port: int) -> list[LocalNode
         node.directory.mkdir(parents=True, exist_ok=True)
         node.config_path.write_text(
             f'[node]\nid = "{node.node_id}"\ndata-dir = "."\nsecret = "{secret}"\n'
-            f'log-file = "node.log"\n{members}\n[[namespaces]]\nname = "{NAMESPACE_DEFAULT}"\n'
+            f'log-file = "node.log"\nlog-compaction-entries = {compaction_entries}\n'
+            f'{members}\n[[namespaces]]\nname = "{NAMESPACE_DEFAULT}"\n'
             f"replication-factor = {replication}\n"
-            f"partition-groups = {PARTITION_GROUPS_DEFAULT}\n",
+            f"partition-groups = {PARTITION_GROUPS_DEFAULT}\n"
+            f"commit-to-device = {str(commit_to_device).lower()}\n",
             encoding="utf-8",
         )
         node.config_path.chmod(0o600)
     return nodes
 
 
-def start(data: Path, node_count: int, base_port: int, *, quiet: bool = False) -> list[LocalNode]:
-    nodes = write_configs(data, node_count, base_port)
+def start(
+    data: Path,
+    node_count: int,
+    base_port: int,
+    *,
+    quiet: bool = False,
+    compaction_entries: int = 5000,
+    commit_to_device: bool = False,
+) -> list[LocalNode]:
+    nodes = write_configs(
+        data,
+        node_count,
+        base_port,
+        compaction_entries=compaction_entries,
+        commit_to_device=commit_to_device,
+    )
     running = [n.node_id for n in nodes if n.alive()]
     if running:
         raise LauncherError(f"nodes {', '.join(running)} already run from {data}")
     for node in nodes:
-        with (node.directory / "stderr.log").open("ab") as stderr:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "server.cli", "server", "--config", str(node.config_path)],
-                stdin=subprocess.DEVNULL,
-                stdout=stderr,
-                stderr=stderr,
-                start_new_session=True,
-            )
-        node.pid_path.write_text(f"{process.pid}\n", encoding="utf-8")
+        spawn(node)
     try:
         wait_stable(nodes, START_TIMEOUT_S, quiet=quiet)
     except LauncherError:
@@ -136,6 +151,28 @@ def start(data: Path, node_count: int, base_port: int, *, quiet: bool = False) -
     hosts = {"hosts": [[HOST, n.port] for n in nodes]}
     (data / "cluster.json").write_text(json.dumps(hosts) + "\n", encoding="utf-8")
     return nodes
+
+
+def spawn(node: LocalNode) -> int:
+    """Start one node's process, detached from this one; its pid goes to its pid file."""
+    with (node.directory / "stderr.log").open("ab") as stderr:
+        process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            [
+                sys.executable,
+                "-m",
+                "server.cli",
+                "server",
+                "--config",
+                str(node.config_path.resolve()),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=stderr,
+            stderr=stderr,
+            start_new_session=True,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+    node.pid_path.write_text(f"{process.pid}\n", encoding="utf-8")
+    return process.pid
 
 
 def wait_stable(nodes: list[LocalNode], timeout_s: float, *, quiet: bool = False) -> None:
@@ -152,7 +189,7 @@ def wait_stable(nodes: list[LocalNode], timeout_s: float, *, quiet: bool = False
             return
         if time.monotonic() > deadline:
             raise LauncherError(f"not stable after {timeout_s:.0f} s: {', '.join(unsettled)}")
-        if not quiet:
+        if not quiet and sys.stderr.isatty():
             waited = timeout_s - (deadline - time.monotonic())
             sys.stderr.write(f"\rwaiting for leaders: {', '.join(unsettled)} ({waited:.0f} s) ")
             sys.stderr.flush()

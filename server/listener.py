@@ -81,7 +81,8 @@ class Listener:
                     await slots.acquire()
                     task = asyncio.create_task(self._answer(body, writer))
                     tasks.add(task)
-                    task.add_done_callback(lambda t: (tasks.discard(t), slots.release()))
+                    task.add_done_callback(tasks.discard)
+                    task.add_done_callback(lambda _: slots.release())
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         except Exception:

@@ -32,7 +32,7 @@ from raftstore.engine import Engine
 from raftstore.errors import RaftstoreError, ResultCode, error, is_definite
 from raftstore.group import GroupRuntime, make_apply
 from raftstore.ops import is_read_only
-from raftstore.raft_log import PysyncobjLog
+from raftstore.raft_log import PysyncobjLog, RaftOptions
 from raftstore.replication import Role
 from raftstore.wire import (
     InfoMsg,
@@ -57,6 +57,7 @@ SCAN_PAGE_MAX = 10_000
 class LocalGroup:
     placement: GroupPlacement
     engine: Engine
+    log: PysyncobjLog
     runtime: GroupRuntime
 
 
@@ -82,28 +83,30 @@ class Node:
             group_dir = self.config.data_dir / placement.namespace / f"group-{placement.group}"
             engine = Engine(group_dir / "store", namespace)
             raft_log = self._open_log(placement, engine, group_dir)
-            runtime = GroupRuntime(placement.name, engine, raft_log)
+            runtime = GroupRuntime(raft_log, engine)
             self.groups[(placement.namespace, placement.group)] = LocalGroup(
-                placement, engine, runtime
+                placement, engine, raft_log, runtime
             )
         self._jobs_thread = threading.Thread(target=self._run_jobs, name="jobs", daemon=True)
         self._jobs_thread.start()
         log.info("node_started", node=me, groups=len(self.groups))
 
-    def _open_log(self, placement: GroupPlacement, engine: Engine, group_dir: Path) -> Any:
-        me = self.config.me
-        peers = {
+    def _open_log(self, placement: GroupPlacement, engine: Engine, group_dir: Path) -> PysyncobjLog:
+        addresses = {
             node_id: self.config.node(node_id).raft_address(placement.index)
             for node_id in placement.replicas
         }
         return PysyncobjLog(
-            node_id=me.node_id,
-            addresses=peers,
+            self.config.node_id,
+            addresses=addresses,
             apply=make_apply(engine),
             group_dir=group_dir / "raft",
             secret=self.config.secret,
-            engine=engine,
-            durable=engine.namespace.commit_to_device,
+            snapshot=engine,
+            options=RaftOptions(
+                durable=engine.namespace.commit_to_device,
+                log_compaction_min_entries=self.config.log_compaction_entries,
+            ),
         )
 
     def stop(self) -> None:
@@ -112,6 +115,8 @@ class Node:
             self._jobs_thread.join(timeout=10)
         for group in self.groups.values():
             group.runtime.close()
+        for group in self.groups.values():
+            group.log.close()
         for group in self.groups.values():
             group.engine.close()
         log.info("node_stopped", node=self.config.node_id)
@@ -306,7 +311,7 @@ class Node:
             group = self.groups.get((placement.namespace, placement.group))
             leader = None
             if group is not None:
-                status = group.runtime.status()
+                status = group.log.status()
                 leader = status.leader
                 version += status.term
             entry["leaders"].append(leader)
@@ -355,7 +360,7 @@ class Node:
     def _status(self) -> dict[str, Any]:
         groups = {}
         for (namespace, group_id), group in sorted(self.groups.items()):
-            status = group.runtime.status()
+            status = group.log.status()
             groups[f"{namespace}/{group_id}"] = {
                 "role": status.role.value,
                 "term": status.term,
@@ -376,7 +381,7 @@ class Node:
         """Stable when every local group has a leader and this replica applied its commits."""
         unsettled = []
         for (namespace, group_id), group in sorted(self.groups.items()):
-            status = group.runtime.status()
+            status = group.log.status()
             if status.leader is None or status.applied_index < status.commit_index:
                 unsettled.append(f"{namespace}/{group_id}")
         return {"stable": not unsettled, "unsettled": unsettled}
@@ -401,11 +406,11 @@ class Node:
         me = self.config.node_id
         for group in self.groups.values():
             preferred = group.placement.replicas[0]
-            if preferred == me or group.runtime.status().role != Role.LEADER:
+            if preferred == me or group.log.status().role != Role.LEADER:
                 continue
-            if group.runtime.replica_caught_up(preferred):
-                log.info("leadership_transfer", group=group.placement.name, to=preferred)
-                group.runtime.transfer_leadership(preferred)
+            # Best effort: pysyncobj refuses until the preferred replica has caught up.
+            log.info("leadership_transfer", group=group.placement.name, to=preferred)
+            group.log.transfer_leadership(preferred)
 
     def _count(self, name: str) -> None:
         with self._counters_lock:
