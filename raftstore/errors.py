@@ -118,7 +118,9 @@ RESULT_CODES: tuple[CodeInfo, ...] = (
         "transaction already aborted",
     ),
     _row(ResultCode.OK, "Ok", "RaftstoreError", True, "success"),
-    _row(ResultCode.SERVER_ERROR, "ServerError", "RaftstoreError", False, "unexpected server error"),
+    _row(
+        ResultCode.SERVER_ERROR, "ServerError", "RaftstoreError", False, "unexpected server error"
+    ),
     _row(ResultCode.RECORD_NOT_FOUND, "RecordNotFound", _R, True, "record does not exist"),
     _row(ResultCode.GENERATION_ERROR, "RecordGenerationError", _R, True, "generation mismatch"),
     _row(ResultCode.PARAMETER_ERROR, "InvalidRequest", _S, True, "bad parameter or request"),

@@ -16,9 +16,7 @@ import structlog
 
 def configure(*, json: bool, stream: TextIO | None = None, level: int = logging.INFO) -> None:
     renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer()
-        if json
-        else structlog.dev.ConsoleRenderer(colors=False)
+        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
     )
     structlog.configure(
         processors=[

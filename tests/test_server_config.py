@@ -52,7 +52,7 @@ def test_a_good_config_loads(tmp_path: Path) -> None:
 
 
 BAD = {
-    "unknown option": ('default-ttl = 60', 'default-tll = 60', "default-tll"),
+    "unknown option": ("default-ttl = 60", "default-tll = 60", "default-tll"),
     "rf over nodes": ("replication-factor = 2", "replication-factor = 5", "replication-factor"),
     "bad type": ("partition-groups = 3", 'partition-groups = "3"', "partition-groups"),
     "ttl too long": ("default-ttl = 60", "default-ttl = 999999999", "default-ttl"),
