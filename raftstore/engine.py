@@ -72,7 +72,7 @@ class Engine:
     ) -> Iterator[tuple[bytes, RecordMeta]]:
         for digest, raw in rows:
             try:
-                yield digest, codec.decode_record(raw).meta
+                yield digest, codec.decode_meta(raw)
             except RaftstoreError as exc:
                 # Reported, never served: reads of it answer RECORD_CORRUPT.
                 self.corrupt_digests.append(digest)

@@ -230,24 +230,29 @@ def _validate_step(op: object) -> _Step:
     rule = None if isinstance(code, bool) or not isinstance(code, int) else _RULES.get(code)
     if rule is None:
         raise error(ResultCode.PARAMETER_ERROR, f"unknown operation code {code!r}")
-    code_name = OpCode(op.code).name
     if op.bin is None:
         if rule.bin_use == "required":
-            raise error(ResultCode.PARAMETER_ERROR, f"{code_name} needs a bin name")
+            raise error(ResultCode.PARAMETER_ERROR, f"{OpCode(code).name} needs a bin name")
         name = ""
     else:
         if rule.bin_use == "none":
-            raise error(ResultCode.PARAMETER_ERROR, f"{code_name} takes no bin name")
+            raise error(ResultCode.PARAMETER_ERROR, f"{OpCode(code).name} takes no bin name")
         name = check_bin_name(op.bin)
     if not isinstance(op.args, tuple | list) or len(op.args) not in rule.arities:
-        raise error(ResultCode.PARAMETER_ERROR, f"{code_name}: wrong number of arguments")
+        raise error(ResultCode.PARAMETER_ERROR, f"{OpCode(code).name}: wrong number of arguments")
     args = tuple(op.args)
     rule.check(name, args)
     return _Step(rule, op.bin, args)
 
 
+_ENUM_VALUES: dict[type[Exists] | type[Gen], frozenset[int]] = {
+    Exists: frozenset(int(v) for v in Exists),
+    Gen: frozenset(int(v) for v in Gen),
+}
+
+
 def _check_enum(value: object, kind: type[Exists] | type[Gen], what: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value not in set(kind):
+    if isinstance(value, bool) or not isinstance(value, int) or value not in _ENUM_VALUES[kind]:
         raise error(ResultCode.PARAMETER_ERROR, f"unknown {what} policy {value!r}")
 
 

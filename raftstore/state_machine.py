@@ -48,6 +48,7 @@ from raftstore.record import Record, RecordMeta, check_record, next_generation
 
 APPLIED_KEY = b"applied_index"
 SESSION_IDLE_MS_MAX = 3600 * 1000  # a client silent this long is forgotten by the tomb raider
+SESSION_DIRECT_DELETES_MAX = 32
 
 _U64 = struct.Struct(">Q")
 _CLIENT_ROW = struct.Struct(">QQ")  # session floor, last-seen time (ms)
@@ -172,7 +173,7 @@ class StateMachine:
         if stored is not None:
             return decode_result(stored)
         if request.acked_seq > client.floor:
-            batch.forget_sessions(request.client_id, request.acked_seq)
+            batch.forget_sessions(request.client_id, request.acked_seq, client.floor)
             client.floor = request.acked_seq
         client.last_seen_ms = max(client.last_seen_ms, request.now_ms)
         client.dirty = True
@@ -323,8 +324,14 @@ class _Batch:
             self.clients[client_id] = client
         return client
 
-    def forget_sessions(self, client_id: int, below_seq: int) -> None:
+    def forget_sessions(self, client_id: int, below_seq: int, floor: int = 0) -> None:
+        """Drop the stored answers of `client_id` below `below_seq` (all at or above `floor`)."""
         prefix = _U64.pack(client_id)
+        if below_seq - floor <= SESSION_DIRECT_DELETES_MAX:
+            # The usual case, a client acknowledging a few answers: point deletes, no cursor.
+            for seq in range(floor, below_seq):
+                self.txn.delete(Table.SESSIONS, prefix + _U64.pack(seq))
+            return
         doomed = []
         for key, _ in self.txn.scan(Table.SESSIONS, prefix):
             if _U64.unpack_from(key, 8)[0] >= below_seq:

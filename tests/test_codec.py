@@ -420,3 +420,16 @@ def test_a_good_frame_from_the_helper_decodes() -> None:
     # The negative cases above differ from this one only in the field they change.
     decoded = codec.decode_record(frame(msgpack.packb(GOOD_FIELDS)))
     assert decoded == Record(1, 0, 5, "set", {"b": 1})
+
+
+@given(records())
+def test_decode_meta_is_the_record_s_metadata(record: Record) -> None:
+    assert codec.decode_meta(codec.encode_record(record)) == record.meta
+
+
+def test_decode_meta_refuses_what_decode_record_refuses() -> None:
+    encoded = bytearray(codec.encode_record(Record(3, 0, 5, "s", {"a": 1})))
+    encoded[-1] ^= 0x01
+    with pytest.raises(errors.RaftstoreError) as caught:
+        codec.decode_meta(bytes(encoded))
+    assert caught.value.code == ResultCode.RECORD_CORRUPT
