@@ -194,6 +194,17 @@ def peek_request_id(body: bytes) -> int:
     return request_id if isinstance(request_id, int) else 0
 
 
+def speaks_our_version(body: bytes) -> bool:
+    """False when the body decodes to an envelope of another protocol version: the stream is
+    then someone else's protocol, and the connection is to be closed after answering."""
+    try:
+        fields = codec.unpack_value(body)
+        version = fields[0]
+    except (RaftstoreError, TypeError, IndexError, KeyError):
+        return True  # not an envelope at all: a malformed message, answered, not fatal
+    return bool(version == PROTOCOL_VERSION)
+
+
 def decode_request(body: bytes) -> tuple[int, Request]:
     fields = _unpack_envelope(body)
     request_id, kind, rest = fields[1], fields[2], fields[3:]

@@ -30,6 +30,7 @@ from raftstore.wire import (
     decode_request,
     encode_response,
     peek_request_id,
+    speaks_our_version,
 )
 from server.node import Node
 
@@ -75,6 +76,13 @@ class Listener:
                 except RaftstoreError as exc:
                     log.warning("frame_refused", peer=peer, reason=exc.msg)
                     writer.write(encode_response(0, Response(code=exc.code, message=exc.msg)))
+                    await writer.drain()
+                    break
+                if not all(speaks_our_version(body) for body in bodies):
+                    log.warning("foreign_protocol", peer=peer)
+                    message = "protocol version not spoken here; closing"
+                    response = Response(code=ResultCode.PROTOCOL_ERROR, message=message)
+                    writer.write(encode_response(peek_request_id(bodies[-1]), response))
                     await writer.drain()
                     break
                 for body in bodies:
