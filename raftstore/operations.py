@@ -232,14 +232,16 @@ def _validate_step(op: object) -> _Step:
         raise error(ResultCode.PARAMETER_ERROR, f"unknown operation code {code!r}")
     if op.bin is None:
         if rule.bin_use == "required":
-            raise error(ResultCode.PARAMETER_ERROR, f"{OpCode(code).name} needs a bin name")
+            raise error(ResultCode.PARAMETER_ERROR, f"{OpCode(op.code).name} needs a bin name")
         name = ""
     else:
         if rule.bin_use == "none":
-            raise error(ResultCode.PARAMETER_ERROR, f"{OpCode(code).name} takes no bin name")
+            raise error(ResultCode.PARAMETER_ERROR, f"{OpCode(op.code).name} takes no bin name")
         name = check_bin_name(op.bin)
     if not isinstance(op.args, tuple | list) or len(op.args) not in rule.arities:
-        raise error(ResultCode.PARAMETER_ERROR, f"{OpCode(code).name}: wrong number of arguments")
+        raise error(
+            ResultCode.PARAMETER_ERROR, f"{OpCode(op.code).name}: wrong number of arguments"
+        )
     args = tuple(op.args)
     rule.check(name, args)
     return _Step(rule, op.bin, args)
