@@ -44,6 +44,8 @@ from server import launcher  # noqa: E402
 
 VALUE = "v" * 100
 WARMUP_S = 1.0
+NOT_LEADER = 901
+BALANCE_WAIT_S = 30.0
 
 
 class Connection:
@@ -118,6 +120,11 @@ async def load(
                 )
             began = time.perf_counter_ns()
             response = await connections[nodes[leader]].call(message)
+            while response.code == NOT_LEADER and response.partition_map:
+                # Leadership moved: adopt the map the node sent and ask the new leader.
+                leaders[:] = response.partition_map["namespaces"]["test"]["leaders"]
+                leader = leaders[keys.partition_id(digest) % groups]
+                response = await connections[nodes[leader]].call(message)
             if response.code != 0 and not (phase != "write" and response.code == 2):
                 errors += 1
             if began / 1e9 >= measure_from:
@@ -156,6 +163,18 @@ def run_phase(
     }
 
 
+def wait_balanced(hosts: list[tuple[str, int]]) -> None:
+    """Measure only once every group is led by its preferred replica (the nodes move
+    leadership there in the first seconds after a start)."""
+    deadline = time.monotonic() + BALANCE_WAIT_S
+    while time.monotonic() < deadline:
+        layout = launcher.info(*hosts[0], "partition-map", timeout_s=3.0)
+        namespace = layout["namespaces"]["test"]
+        if namespace["leaders"] == [replicas[0] for replicas in namespace["replicas"]]:
+            return
+        time.sleep(0.5)  # polling the cluster's layout under a deadline
+
+
 def raw_pysyncobj(seconds: float, concurrency: int) -> dict[str, Any]:
     output = subprocess.run(
         [
@@ -191,6 +210,7 @@ def main() -> None:
     hosts = [(launcher.HOST, node.port) for node in nodes]
     figures: dict[str, Any] = {"concurrency": args.concurrency}
     try:
+        wait_balanced(hosts)
         for phase in ("write", "session", "linearize"):
             figures[phase] = run_phase(hosts, phase, args.seconds, args.concurrency, args.processes)
     finally:
