@@ -1089,3 +1089,23 @@ def test_threads_sharing_one_client_count_exactly(db: client.Client) -> None:
         assert result.record is not None
         assert result.record[2] == {"n": per_key}
         assert result.record[1]["gen"] == per_key, "one generation per increment, none lost"
+
+
+def test_expired_records_read_as_absent_and_the_leader_buries_them(db: client.Client) -> None:
+    def tombstones() -> int:
+        return sum(
+            int(answer["tombstones"])
+            for answer in db.info_all("namespace/test").values()
+            if isinstance(answer, dict)
+        )
+
+    before = tombstones()
+    doomed = [key("expiry", n) for n in range(5)]
+    for record_key in doomed:
+        db.put(record_key, {"v": 1}, meta={"ttl": 1})
+    db.put(key("expiry", "kept"), {"v": 1})
+    wait_until(lambda: all(db.exists(k)[1] is None for k in doomed), "records to read as expired")
+    # The expiry job (once a second on each group leader) turns them into tombstones on every
+    # replica: 5 records x 3 replicas.
+    wait_until(lambda: tombstones() >= before + 15, "expiry tombstones on every replica")
+    assert db.exists(key("expiry", "kept"))[1] is not None
