@@ -30,6 +30,7 @@ LIGHT_MODULES = frozenset(
         "raftstore.ops",
         "raftstore.policy",
         "raftstore.record",
+        "raftstore.txn_commands",
         "raftstore.values",
         "raftstore.wire",
     }
@@ -45,7 +46,10 @@ PURE_MODULES = frozenset(
         "raftstore.operations_cdt",
         "raftstore.record",
         "raftstore.state_machine",
+        "raftstore.txn_commands",
+        "raftstore.txn_participant",
         "raftstore.values",
+        "txn.coordinator",
     }
 )
 IO_MODULES = frozenset(
