@@ -2,8 +2,13 @@
 
 raftstore server --config FILE
 raftstore cluster start [--nodes 3] [--data ./data] [--base-port 3000]
+                        [--hosts A,B,C] [--netns NAME] [--gids G1,G2,G3]
+raftstore cluster start-node --node nN [--data ./data]
 raftstore cluster status [--data ./data] [--json]
 raftstore cluster stop [--data ./data]
+
+`--hosts`, `--netns` and `--gids` serve the checker (jepsen_like), which runs each node on
+its own loopback address inside a network namespace of its own; see server/launcher.py.
 """
 
 from __future__ import annotations
@@ -34,7 +39,14 @@ def main(argv: list[str] | None = None) -> int:
     start = actions.add_parser("start", help="start the nodes and wait until stable")
     start.add_argument("--nodes", type=int, default=3)
     start.add_argument("--base-port", type=int, default=3000)
-    for action in (start, actions.add_parser("status"), actions.add_parser("stop")):
+    start.add_argument(
+        "--hosts", type=_texts, help="one listen address per node (default 127.0.0.1 for all)"
+    )
+    start.add_argument("--netns", help="run every node under `ip netns exec NETNS`")
+    start.add_argument("--gids", type=_ints, help="one group id per node to run it with")
+    start_node = actions.add_parser("start-node", help="start one node of the cluster, no wait")
+    start_node.add_argument("--node", required=True, help="its id: n1, n2, ...")
+    for action in (start, start_node, actions.add_parser("status"), actions.add_parser("stop")):
         action.add_argument("--data", type=Path, default=Path("data"))
         if action.prog.endswith("status"):
             action.add_argument("--json", action="store_true", help="one JSON document")
@@ -81,14 +93,20 @@ def run_cluster(args: argparse.Namespace) -> int:
     if args.action == "start":
         if not 1 <= args.nodes <= 9:
             raise launcher.LauncherError("--nodes must be 1..9")
-        nodes = launcher.start(data, args.nodes, args.base_port)
-        hosts = ", ".join(f"127.0.0.1:{n.port}" for n in nodes)
+        nodes = launcher.start(
+            data, args.nodes, args.base_port, hosts=args.hosts, netns=args.netns, gids=args.gids
+        )
+        hosts = ", ".join(f"{n.host}:{n.port}" for n in nodes)
         sys.stdout.write(
             f"raftstore: {len(nodes)} nodes running from {data}/ ({hosts})\n"
             f"connect:   client.connect(json.load(open('{data}/cluster.json')))  (Python SDK)\n"
             f"status:    raftstore cluster status --data {data}\n"
             f"stop:      raftstore cluster stop --data {data}\n"
         )
+        return 0
+    if args.action == "start-node":
+        pid = launcher.start_node(data, args.node)
+        sys.stdout.write(f"raftstore: started {args.node} (pid {pid})\n")
         return 0
     if args.action == "status":
         rows = launcher.status(data)
@@ -109,6 +127,19 @@ def run_cluster(args: argparse.Namespace) -> int:
     stopped = launcher.stop(data)
     sys.stdout.write(f"raftstore: stopped {', '.join(stopped) or 'nothing'}\n")
     return 0
+
+
+def _texts(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(part) for part in _texts(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of ints"
+        ) from None
 
 
 if __name__ == "__main__":
