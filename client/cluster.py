@@ -454,6 +454,9 @@ class Cluster:
             connection.abandon(pending)
         if not pending.event.is_set():
             self._unknown(call, ResultCode.TIMEOUT, f"no answer from node {call.node_id}")
+            # A silent node may be paused or cut off while the others elect a new leader:
+            # ask another node rather than keep waiting on this one.
+            self.refresh(self._map, avoid=call.node_id)
         elif pending.response is None:
             self._unknown(
                 call,

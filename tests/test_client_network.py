@@ -374,7 +374,9 @@ def test_a_late_answer_is_dropped_and_the_connection_kept(
     with connected(server, max_conns_per_node=1) as db:
         db.put((NS, "s", 1), {"a": 1}, policy=policy)  # the late GENERATION_ERROR is not it
         assert db.get((NS, "s", 1))[2] == {"a": 1}
-    assert server.accepted == 2  # the map fetch, then one connection for everything
+    # The map fetch, one connection for every request, and one map refresh after the silent
+    # attempt (a silent node may be paused; the client asks for the map again).
+    assert server.accepted == 3
 
 
 def test_two_nodes_route_by_digest(cluster: Callable[..., ScriptedServer]) -> None:
@@ -895,3 +897,25 @@ def test_close_stops_every_reader_thread(cluster: Callable[..., ScriptedServer])
     db.close()
     assert not [t for t in threading.enumerate() if t.name.startswith("raftstore-client-")]
     assert not db.is_connected()
+
+
+def test_a_silent_leader_makes_the_client_learn_the_new_one_from_another_node(
+    cluster: Callable[..., ScriptedServer],
+) -> None:
+    """A paused leader never answers: after the socket timeout the client must ask another
+    node for the map (where a new leader has been elected), not keep waiting on the old."""
+    kv = KVScript()
+
+    def paused(server: ScriptedServer, peer: Peer, rid: int, msg: wire.Request) -> None:
+        topology.partition_map = partition_map(2, {"A": a, "B": b}, ["B"])
+        # ... and never answers, like a SIGSTOPped process
+
+    a = cluster("A", paused)
+    b = cluster("B", kv)
+    topology = cluster.topology
+    topology.partition_map = partition_map(1, {"A": a, "B": b}, ["A"])
+    policy = {"total_timeout": 5000, "socket_timeout": 200, "max_retries": 3}
+    with connected(a, b) as db:
+        db.put((NS, "s", 1), {"a": 1}, policy=policy)
+    assert len(a.requests()) == 1, "kept sending to the silent leader"
+    assert kv.applied == 1
