@@ -15,12 +15,13 @@ import sys
 from collections.abc import Callable, Sequence
 from types import ModuleType
 
-from jepsen_like import check
+from jepsen_like import check, test_command
 from jepsen_like.console import configure_logging
 
 # name -> (help, module with add_arguments and run)
 SUBCOMMANDS: dict[str, tuple[str, ModuleType]] = {
     "check": ("check an existing history and print the verdict", check),
+    "test": ("run a fresh cluster under faults, check its history, write a report", test_command),
 }
 
 
