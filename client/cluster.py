@@ -203,12 +203,21 @@ class Cluster:
             log.warning("partition_map_rejected", reason=exc.msg)
             return False
         with self._lock:
-            if not candidate.supersedes(self._map):
+            current = self._map
+            merged = candidate if current is None else current.merged(candidate)
+            if merged == current:
                 return False
-            if self._map is None or candidate.version != self._map.version:
-                log.debug("partition_map_adopted", version=candidate.version)
-            self._map = candidate
+            log.debug("partition_map_adopted", version=merged.version)
+            self._map = merged
         return True
+
+    def forget_leader(self, namespace: str, partition_id: int, node_id: str) -> None:
+        """`node_id` answered that it does not lead the partition's group: stop sending there
+        until a map names a leader (replicas are asked meanwhile)."""
+        with self._lock:
+            current = self._map
+            if current is not None and current.leader(namespace, partition_id) == node_id:
+                self._map = current.without_leader(namespace, partition_id)
 
     def node(self, node_id: str) -> Node | None:
         """The node `node_id` of the current map (None if the map does not know it)."""
@@ -409,6 +418,12 @@ class Cluster:
             self._fail(call, ResultCode.NAMESPACE_NOT_FOUND, f"no namespace {namespace!r}")
             return
         node_id = current.leader(namespace, call.target.partition_id)
+        if node_id is None:
+            # Not known to the node that sent the map: ask a replica of the group, which
+            # redirects with its leader (or serves, if it leads by now).
+            replicas = current.replicas(namespace, call.target.partition_id)
+            if replicas:
+                node_id = replicas[(call.free_retries + call.failures) % len(replicas)]
         node = None if node_id is None else self.node(node_id)
         if node is None:
             self.refresh(current)
@@ -496,7 +511,9 @@ class Cluster:
                 call.retry_at = time.monotonic()
                 return
             if code == ResultCode.NOT_LEADER:
-                self.refresh(current, avoid=node_id)
+                if leader is not None and leader == node_id:
+                    self.forget_leader(*_where(call), leader)
+                self.refresh(self._map, avoid=node_id)
             self._backoff(call, time.monotonic(), f"node {node_id}: {response.message or code}")
             return
         msg = response.message or f"node {node_id} answered {code}"

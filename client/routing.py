@@ -42,6 +42,20 @@ class NamespaceMap:
     def leader_of(self, partition_id: int) -> str | None:
         return self.leaders[self.group_of(partition_id)]
 
+    def replicas_of(self, partition_id: int) -> tuple[str, ...]:
+        return self.replicas[self.group_of(partition_id)]
+
+    def merged(self, newer: NamespaceMap) -> NamespaceMap:
+        """`newer`, keeping our leader for the groups `newer` names none for: a node only
+        knows the leaders of the groups it replicates, so its None means "not known here"."""
+        if newer.partition_groups != self.partition_groups:
+            return newer
+        leaders = tuple(
+            theirs if theirs is not None else ours
+            for ours, theirs in zip(self.leaders, newer.leaders, strict=True)
+        )
+        return NamespaceMap(newer.partition_groups, leaders, newer.replicas)
+
 
 @dataclass(frozen=True, slots=True)
 class PartitionMap:
@@ -60,6 +74,35 @@ class PartitionMap:
 
     def supersedes(self, other: PartitionMap | None) -> bool:
         return other is None or self.version >= other.version
+
+    def replicas(self, namespace: str, partition_id: int) -> tuple[str, ...]:
+        """The known replicas of the partition's group (those whose address is known)."""
+        space = self.namespaces.get(namespace)
+        if space is None:
+            return ()
+        return tuple(n for n in space.replicas_of(partition_id) if n in self.nodes)
+
+    def without_leader(self, namespace: str, partition_id: int) -> PartitionMap:
+        """This map with the partition's group leader forgotten (it said it does not lead)."""
+        space = self.namespaces.get(namespace)
+        if space is None:
+            return self
+        leaders = list(space.leaders)
+        leaders[space.group_of(partition_id)] = None
+        forgotten = NamespaceMap(space.partition_groups, tuple(leaders), space.replicas)
+        return PartitionMap(self.version, self.nodes, {**self.namespaces, namespace: forgotten})
+
+    def merged(self, received: PartitionMap) -> PartitionMap:
+        """Our map updated by `received`, group by group: the leaders `received` names win
+        (the node answering knows its own groups best), the ones it does not know are kept.
+        Versions are sums of the terms a node knows, so they are not comparable between
+        nodes with different groups: a merge, not a replacement by version."""
+        namespaces = dict(self.namespaces)
+        for name, space in received.namespaces.items():
+            ours = namespaces.get(name)
+            namespaces[name] = space if ours is None else ours.merged(space)
+        nodes = {**self.nodes, **received.nodes}
+        return PartitionMap(max(self.version, received.version), nodes, namespaces)
 
 
 def _bad(msg: str) -> RaftstoreError:

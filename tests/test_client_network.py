@@ -919,3 +919,29 @@ def test_a_silent_leader_makes_the_client_learn_the_new_one_from_another_node(
         db.put((NS, "s", 1), {"a": 1}, policy=policy)
     assert len(a.requests()) == 1, "kept sending to the silent leader"
     assert kv.applied == 1
+
+
+def test_a_group_with_no_known_leader_is_asked_of_its_replicas(
+    cluster: Callable[..., ScriptedServer],
+) -> None:
+    """With more nodes than replicas a node only knows the leaders of its own groups: its map
+    says None for the others, whatever its version. The client asks a replica of the group,
+    which redirects with the leader, and keeps that leader when a later map does not know it."""
+    kv = KVScript()
+
+    def follower(server: ScriptedServer, peer: Peer, rid: int, msg: wire.Request) -> None:
+        knows = partition_map(1, {"A": a, "B": b, "C": c}, ["B"])
+        peer.reply(rid, wire.Response(code=ResultCode.NOT_LEADER, partition_map=knows))
+
+    a = cluster("A")
+    b = cluster("B", kv)
+    c = cluster("C", follower)
+    topology = cluster.topology
+    unknown = partition_map(5, {"A": a, "B": b, "C": c}, [None])
+    unknown["namespaces"][NS]["replicas"] = [["C", "B"]]
+    topology.partition_map = unknown
+    with connected(a, policies={"write": FAST}) as db:
+        db.put((NS, "s", 1), {"a": 1})
+        db.put((NS, "s", 2), {"a": 2})
+    assert len(c.requests()) == 1  # asked once, then the merged map routes to B directly
+    assert kv.applied == 2
