@@ -11,6 +11,8 @@ command per call, the same concurrency, password on) runs on the same machine.
 
 Targets (issue 3): writes/s at least 3 times raw pysyncobj's commands/s; linearizable reads at
 least as fast as writes. Prints a table, then one JSON object of the figures as the last line.
+"per entry" is the batching: write commands per log entry, linearizable reads per barrier
+(from the nodes' `status`, over the phase and its warm-up).
 """
 
 from __future__ import annotations
@@ -163,6 +165,16 @@ def run_phase(
     }
 
 
+def proposed(hosts: list[tuple[str, int]]) -> tuple[int, int]:
+    """Log entries and requests (commands, or reads on bare barriers) the leaders proposed."""
+    entries = requests = 0
+    for host in hosts:
+        for group in launcher.info(*host, "status", timeout_s=3.0)["groups"].values():
+            entries += group.get("entries_proposed", 0)
+            requests += group.get("commands_proposed", 0) + group.get("barriers_proposed", 0)
+    return entries, requests
+
+
 def wait_balanced(hosts: list[tuple[str, int]]) -> None:
     """Measure only once every group is led by its preferred replica (the nodes move
     leadership there in the first seconds after a start)."""
@@ -212,7 +224,14 @@ def main() -> None:
     try:
         wait_balanced(hosts)
         for phase in ("write", "session", "linearize"):
+            entries_before, _ = proposed(hosts)
             figures[phase] = run_phase(hosts, phase, args.seconds, args.concurrency, args.processes)
+            entries = proposed(hosts)[0] - entries_before
+            # Requests per log entry over the phase and its warm-up (reads: per barrier).
+            seconds = args.seconds + WARMUP_S
+            figures[phase]["per_entry"] = (
+                round(figures[phase]["ops_per_s"] * seconds / entries, 1) if entries else None
+            )
     finally:
         launcher.stop(data)
     raw = raw_pysyncobj(args.seconds, args.concurrency)
@@ -220,12 +239,15 @@ def main() -> None:
     # The ceiling: the better of pysyncobj's two replication modes at this concurrency.
     raw_rate = round(max(run["commands_per_s"] for run in raw["runs"]))
     figures["raw_pysyncobj_cmd_per_s"] = raw_rate
-    print(f"{'phase':<12}{'ops/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'p99.9 ms':>10}{'errors':>8}")
+    print(
+        f"{'phase':<12}{'ops/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'p99.9 ms':>10}{'errors':>8}"
+        f"{'per entry':>11}"
+    )
     for phase in ("write", "session", "linearize"):
         row = figures[phase]
         print(
             f"{phase:<12}{row['ops_per_s']:>10,}{row['p50_ms']:>10}{row['p99_ms']:>10}"
-            f"{row['p999_ms']:>10}{row['errors']:>8}"
+            f"{row['p999_ms']:>10}{row['errors']:>8}{row['per_entry'] or '-':>11}"
         )
     print(f"raw pysyncobj ({args.concurrency} in flight, password on): {raw_rate} commands/s")
     if raw_rate:

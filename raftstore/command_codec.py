@@ -4,10 +4,15 @@ An entry is the msgpack array `[ENTRY_FORMAT, [command, ...]]`, each command an 
 tagged by its type. Values inside operations go through `raftstore.codec` (GeoJSON as an
 extension type). `decode_batch` checks the shape of everything and raises PROTOCOL_ERROR
 for anything else; the caller turns that into per-command failures, never into a crash.
+
+msgpack nests by concatenation, so a command is encoded once (`encode_command`, when it is
+queued) and an entry is joined from those bytes (`join_batch`): the same bytes as
+`encode_batch` of the commands.
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,10 +24,32 @@ from raftstore.policy import Exists, Gen, WritePolicy
 
 ENTRY_FORMAT = 1
 _RECORD, _TRUNCATE, _EXPIRE, _TOMB_RAID, _BARRIER = 1, 2, 3, 4, 5
+_ENTRY_HEAD = b"\x92" + codec.pack_value(ENTRY_FORMAT)  # fixarray of 2, then the format
+_ARRAY16 = struct.Struct(">BH")
+_ARRAY32 = struct.Struct(">BI")
+_FIXARRAY_LENGTH_MAX = 15
+_ARRAY16_LENGTH_MAX = 0xFFFF
 
 
 def encode_batch(commands: Sequence[Command]) -> bytes:
     return codec.pack_value([ENTRY_FORMAT, [_encode(command) for command in commands]])
+
+
+def encode_command(command: Command) -> bytes:
+    """One command's bytes inside an entry; raises for a value msgpack cannot encode."""
+    return codec.pack_value(_encode(command))
+
+
+def join_batch(encoded: Sequence[bytes]) -> bytes:
+    """The entry of commands already encoded by `encode_command`, in order."""
+    count = len(encoded)
+    if count <= _FIXARRAY_LENGTH_MAX:
+        head = bytes((0x90 | count,))
+    elif count <= _ARRAY16_LENGTH_MAX:
+        head = _ARRAY16.pack(0xDC, count)
+    else:
+        head = _ARRAY32.pack(0xDD, count)
+    return b"".join((_ENTRY_HEAD, head, *encoded))
 
 
 def decode_batch(entry: bytes) -> list[Command]:
@@ -41,6 +68,9 @@ def encode_op(op: Op) -> list[Any]:
     return [int(op.code), op.bin, list(op.args)]
 
 
+_OP_CODES: dict[int, OpCode] = {int(code): code for code in OpCode}
+
+
 def decode_op(raw: Any) -> Op:
     if not isinstance(raw, list) or len(raw) != 3:
         raise error(ResultCode.PARAMETER_ERROR, "an op is [code, bin, args]")
@@ -51,10 +81,9 @@ def decode_op(raw: Any) -> Op:
         raise error(ResultCode.PARAMETER_ERROR, "op args must be a list")
     if not isinstance(code, int) or isinstance(code, bool):
         raise error(ResultCode.PARAMETER_ERROR, f"op code must be an int, not {code!r}")
-    try:
-        op_code = OpCode(code)
-    except ValueError:
-        raise error(ResultCode.PARAMETER_ERROR, f"unknown op code {code!r}") from None
+    op_code = _OP_CODES.get(code)
+    if op_code is None:
+        raise error(ResultCode.PARAMETER_ERROR, f"unknown op code {code!r}")
     return Op(op_code, bin_name, tuple(args))
 
 
@@ -62,16 +91,31 @@ def encode_policy(policy: WritePolicy) -> list[Any]:
     return [int(policy.exists), int(policy.gen), policy.generation, policy.ttl, policy.send_key]
 
 
+# Decoded policies by their fields: a few distinct ones carry nearly every request. Frozen,
+# so shared; bounded, so a client varying generation or ttl cannot grow it without end.
+_POLICIES: dict[tuple[int, int, int, int, bool], WritePolicy] = {}
+_POLICIES_MAX = 4096
+
+
 def decode_policy(raw: Any) -> WritePolicy:
     if not isinstance(raw, list) or len(raw) != 5:
         raise error(ResultCode.PARAMETER_ERROR, "a policy is [exists, gen, generation, ttl, key]")
     exists, gen, generation, ttl, send_key = raw
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in raw[:4]):
+    if not (
+        type(exists) is int and type(gen) is int and type(generation) is int and type(ttl) is int
+    ) and not all(isinstance(v, int) and not isinstance(v, bool) for v in raw[:4]):
         raise error(ResultCode.PARAMETER_ERROR, "policy fields must be ints")
+    key = (exists, gen, generation, ttl, bool(send_key))
+    policy = _POLICIES.get(key)
+    if policy is not None:
+        return policy
     try:
-        return WritePolicy(Exists(exists), Gen(gen), generation, ttl, bool(send_key))
+        policy = WritePolicy(Exists(exists), Gen(gen), generation, ttl, key[4])
     except ValueError as exc:
         raise error(ResultCode.PARAMETER_ERROR, f"bad write policy: {exc}") from None
+    if len(_POLICIES) < _POLICIES_MAX:
+        _POLICIES[key] = policy
+    return policy
 
 
 def _encode(command: Command) -> list[Any]:
@@ -107,9 +151,9 @@ def _decode(raw: Any) -> Command:
             request_seq=int(seq),
             acked_seq=int(acked),
             now_ms=int(now_ms),
-            digest=bytes(digest),
-            set_name=str(set_name),
-            ops=tuple(decode_op(op) for op in ops),
+            digest=digest if type(digest) is bytes else bytes(digest),
+            set_name=set_name if type(set_name) is str else str(set_name),
+            ops=tuple([decode_op(op) for op in ops]),
             policy=decode_policy(policy),
             user_key=user_key,
         )

@@ -13,16 +13,18 @@ SESSION_EXPIRED (outcome unknown), never applied.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from raftstore import codec
 from raftstore.errors import ResultCode
+from raftstore.frozen import fast_init
 from raftstore.ops import Op
 from raftstore.policy import DEFAULT_WRITE_POLICY, WritePolicy
 from raftstore.record import UserKey
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class RecordRequest:
     """A client's operation list on one record."""
@@ -73,6 +75,10 @@ class Barrier:
 Command = RecordRequest | Truncate | Expire | TombRaid | Barrier
 
 
+_CODE_OK = int(ResultCode.OK)  # a global: an enum member is a slower read (CPython 3.11)
+
+
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Result:
     code: int = ResultCode.OK
@@ -85,10 +91,20 @@ class Result:
 
     @property
     def ok(self) -> bool:
-        return self.code == ResultCode.OK
+        return self.code == _CODE_OK
 
 
 OK = Result()
+# Hot paths build results positionally (cheaper than by keyword): pin the order.
+assert [f.name for f in fields(Result)] == [
+    "code",
+    "generation",
+    "void_time",
+    "results",
+    "message",
+    "count",
+    "last_update_ms",
+]
 
 
 def failure(code: int, message: str) -> Result:

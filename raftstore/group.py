@@ -7,17 +7,26 @@ a pure object that decides what the next log entry carries:
 - a write batch: the queued commands in arrival order, up to BATCH_COMMANDS_MAX of them and
   about ENTRY_BYTES_MAX bytes (group commit: one entry, one apply transaction);
 - or, when reads wait and no write is queued, one `Barrier` command.
-At most GROUP_ENTRIES_IN_FLIGHT_MAX entries are proposed and unanswered at a time, at most
-one of them a bare barrier. While they are in flight new requests pile up, so batches grow
-with load and a lone request goes out at once.
+At most GROUP_ENTRIES_IN_FLIGHT_MAX entries (one by default) are proposed and unanswered at a
+time, at most one of them a bare barrier. While they are in flight new requests pile up, so
+batches grow with load. Every entry costs about as much CPU as a dozen commands (pysyncobj's
+messages and ticks, a store transaction per replica), so the worker lingers: a batch that
+could still grow waits up to `linger_s` for more requests, unless the last entry of its kind
+carried a lone request (`Batcher.full`): a lone client waits for its answer before it sends
+more, so its request goes out at once.
 
 One worker does the rest (a thread, or the test through `pump()` when `background=False`):
 it takes the log's answers (`on_done` only queues them: the log may call it on its own
-thread or inside `propose`), proposes the next entries, then answers the futures. It never
-holds the runtime's lock while calling the log or the engine.
+thread or inside `propose`), proposes the next entries, then answers the requests. It never
+holds the runtime's lock while calling the log or the engine. A command is encoded once,
+when it is queued (its size bounds the batch); an entry is joined from those bytes.
 
-What a request's future answers
--------------------------------
+What a request is answered
+--------------------------
+Each request is answered exactly once, through a future (`submit`, `read`) or through a
+reply callback (`submit_to`, `read_to`: the listener's path, no future per request; a refusal
+is replied at once on the caller's thread, anything else on the worker's thread, the requests
+of one entry in a row).
 - not leader when it arrives -> NOT_LEADER at once (definite); queue full -> DEVICE_OVERLOAD
   at once (definite); a command that cannot be encoded -> PARAMETER_ERROR, one larger than
   a log entry may be -> RECORD_TOO_BIG (both definite).
@@ -59,6 +68,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, InvalidStateError
@@ -86,6 +96,8 @@ R = TypeVar("R")
 
 # -- apply -----------------------------------------------------------------------------------
 
+BARRIER_ENTRY = command_codec.encode_batch([Barrier()])  # what a bare barrier proposes
+
 
 @dataclass(frozen=True, slots=True)
 class ApplyFailed:
@@ -103,9 +115,16 @@ def make_apply(engine: Engine) -> ApplyFn:
 
     Returns the batch's results, None when `log_index` was applied before (a replay), or
     `ApplyFailed`. Never raises: an exception would make pysyncobj retry the entry forever.
+
+    A bare barrier (the entry `GroupRuntime` proposes for linearizable reads alone) changes
+    no state: it skips the engine, whose applied position then stays at the last entry that
+    did change something (positions only have to grow). Being applied here, after every
+    entry before it, is all a barrier is for; it saves a store transaction on every replica.
     """
 
     def apply(log_index: int, entry: bytes) -> ApplyValue:
+        if entry == BARRIER_ENTRY:
+            return [Result()]
         try:
             commands = command_codec.decode_batch(entry)
         except Exception as exc:
@@ -201,6 +220,11 @@ class Batcher(Generic[W, R]):
         self._reads: list[R] = []
         self._in_flight: dict[int, Batch[W, R]] = {}
         self._numbers = 0
+        # Whether the last answered write batch (bare barrier) carried a single request: a
+        # lone client is waiting for its answer before it sends more, so waiting for more
+        # requests would only delay it (`full`).
+        self._lone_writes = True
+        self._lone_reads = True
 
     @property
     def queued_writes(self) -> int:
@@ -235,6 +259,13 @@ class Batcher(Generic[W, R]):
         barrier_in_flight = any(batch.is_barrier for batch in self._in_flight.values())
         return bool(self._reads) and not barrier_in_flight
 
+    def full(self) -> bool:
+        """Nothing is gained by waiting for more requests before the next batch: it has as
+        many commands as a batch may, or the last one of its kind carried a lone request."""
+        if self._writes:
+            return self._lone_writes or len(self._writes) >= self.batch_commands_max
+        return self._lone_reads or len(self._reads) >= self.reads_waiting_max
+
     def next_batch(self) -> Batch[W, R] | None:
         """The next entry to propose (now in flight), or None."""
         if not self.ready():
@@ -256,7 +287,13 @@ class Batcher(Generic[W, R]):
 
     def finish(self, number: int) -> Batch[W, R] | None:
         """The batch `number` was answered; None if it was answered before."""
-        return self._in_flight.pop(number, None)
+        batch = self._in_flight.pop(number, None)
+        if batch is not None:
+            if batch.writes:
+                self._lone_writes = len(batch.writes) == 1
+            else:
+                self._lone_reads = len(batch.reads) <= 1
+        return batch
 
     def drain(self) -> tuple[list[W], list[R], list[Batch[W, R]]]:
         """Everything still held: queued writes, waiting reads, batches in flight."""
@@ -310,12 +347,19 @@ class ExpirySweep:
 # -- the runtime (threads) ---------------------------------------------------------------------
 
 
+Reply = Callable[[Result], None]
+"""Receives a request's answer, exactly once: at once on the caller's thread when the request
+is refused, else later on the worker's (or `close()`'s) thread. It must be quick and must
+not raise (an exception is logged and the other answers still go out)."""
+
+
 @dataclass(slots=True)
 class QueuedWrite:
-    """A write waiting in the `Batcher` for its log entry."""
+    """A write waiting in the `Batcher` for its log entry, encoded once when queued."""
 
     command: Command
-    future: Future[Result]
+    encoded: bytes
+    reply: Reply
 
 
 @dataclass(slots=True)
@@ -325,7 +369,7 @@ class QueuedRead:
     digest: bytes
     ops: tuple[Op, ...]
     now_ms: int
-    future: Future[Result]
+    reply: Reply
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,8 +405,27 @@ def _resolve(future: Future[Result], result: Result) -> None:
         future.set_result(result)
 
 
+def _future_reply() -> tuple[Future[Result], Reply]:
+    future: Future[Result] = Future()
+    return future, functools.partial(_resolve, future)
+
+
+def _answer(reply: Reply, result: Result) -> None:
+    try:
+        reply(result)
+    except Exception as exc:  # a bug in the receiver: the other answers still go out
+        log.error("reply_failed", error=repr(exc))
+
+
+_ENTRY_HEAD_BYTES = 8  # join_batch's envelope around the commands, at most
+
+
 class GroupRuntime:
-    """Runs one partition group on one node (rules: module docstring)."""
+    """Runs one partition group on one node (rules: module docstring).
+
+    The worker lingers: when the next batch could still grow (`Batcher.full` is false), it
+    waits up to `linger_s` for more requests before proposing it (module docstring).
+    """
 
     def __init__(
         self,
@@ -371,15 +434,23 @@ class GroupRuntime:
         *,
         background: bool = True,
         batcher: Batcher[QueuedWrite, QueuedRead] | None = None,
+        linger_s: float = limits.GROUP_LINGER_S,
     ) -> None:
+        assert linger_s >= 0
         self._log = log
         self._engine = engine
         self._batcher: Batcher[QueuedWrite, QueuedRead] = batcher or Batcher()
+        self._linger_s = linger_s
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._counters = _Counters()
         self._answers: list[tuple[int, Proposal]] = []  # (batch number, outcome), from on_done
         self._closed = False
+        # The worker sleeps on `_wake`: "idle" until a request or an answer comes, or
+        # "lingering" for a fuller batch; requests only notify it when that changes what
+        # it would do (one wake-up per batch, not per request).
+        self._worker_idle = False
+        self._worker_lingering = False
         self._sweep = ExpirySweep()
         self._expire: Future[Result] | None = None
         self._last_raid_ms: int | None = None
@@ -394,28 +465,48 @@ class GroupRuntime:
 
     def submit(self, command: Command) -> Future[Result]:
         """Propose a write; the future answers as the module docstring says."""
+        future, reply = _future_reply()
+        self.submit_to(command, reply)
+        return future
+
+    def submit_to(self, command: Command, reply: Reply) -> None:
+        """`submit`, answering through `reply` instead of a future."""
         if not self._log.is_leader():
-            return _done(failure(ResultCode.NOT_LEADER, f"{self._log.node_id} is not the leader"))
-        return self._enqueue(command)
+            reply(failure(ResultCode.NOT_LEADER, f"{self._log.node_id} is not the leader"))
+            return
+        self._enqueue(command, reply)
 
     def read(
         self, digest: bytes, ops: Sequence[Op], now_ms: int, linearize: bool
     ) -> Future[Result]:
         """Read-only `ops` on one record, LINEARIZE (`linearize`) or SESSION."""
+        future, reply = _future_reply()
+        self.read_to(digest, ops, now_ms, linearize, reply)
+        return future
+
+    def read_to(
+        self, digest: bytes, ops: Sequence[Op], now_ms: int, linearize: bool, reply: Reply
+    ) -> None:
+        """`read`, answering through `reply` instead of a future."""
         if not self._log.is_leader():
-            return _done(failure(ResultCode.NOT_LEADER, f"{self._log.node_id} is not the leader"))
+            reply(failure(ResultCode.NOT_LEADER, f"{self._log.node_id} is not the leader"))
+            return
         if not linearize:
             if self._closed:
-                return _done(failure(ResultCode.NOT_LEADER, "group closed"))
-            return _done(self._engine_read(digest, tuple(ops), now_ms))
-        read = QueuedRead(digest, tuple(ops), now_ms, Future())
+                reply(failure(ResultCode.NOT_LEADER, "group closed"))
+                return
+            reply(self._engine_read(digest, tuple(ops), now_ms))
+            return
+        read = QueuedRead(digest, tuple(ops), now_ms, reply)
         with self._wake:
             if self._closed:
-                return _done(failure(ResultCode.NOT_LEADER, "group closed"))
-            if not self._batcher.offer_read(read):
-                return _done(failure(ResultCode.DEVICE_OVERLOAD, "too many reads waiting"))
-            self._wake.notify()
-        return read.future
+                refused = failure(ResultCode.NOT_LEADER, "group closed")
+            elif not self._batcher.offer_read(read):
+                refused = failure(ResultCode.DEVICE_OVERLOAD, "too many reads waiting")
+            else:
+                self._notify_worker()
+                return
+        reply(refused)
 
     def barrier(self) -> Future[Result]:
         """OK once an entry proposed after this call is applied here, so everything committed
@@ -434,12 +525,12 @@ class GroupRuntime:
                 self._engine.index.partition_count, self._partition_metas, now_ms
             )
             if digests:
-                self._expire = self._enqueue(Expire(now_ms, tuple(digests)))
+                self._expire = self.submit(Expire(now_ms, tuple(digests)))
                 futures.append(self._expire)
         period_s = self._engine.namespace.tomb_raider_period_s
         if tomb_raid_due(self._last_raid_ms, now_ms, period_s):
             self._last_raid_ms = now_ms
-            futures.append(self._enqueue(TombRaid(now_ms)))
+            futures.append(self.submit(TombRaid(now_ms)))
         if futures:
             log.info("jobs_proposed", node=self._log.node_id, jobs=len(futures), now_ms=now_ms)
         return futures
@@ -465,7 +556,7 @@ class GroupRuntime:
             )
 
     def close(self) -> None:
-        """Stop; answer every outstanding future (module docstring). Idempotent."""
+        """Stop; answer every outstanding request (module docstring). Idempotent."""
         with self._wake:
             if self._closed:
                 return
@@ -479,14 +570,14 @@ class GroupRuntime:
         with self._lock:
             writes, reads, in_flight = self._batcher.drain()
         for write in writes:
-            _resolve(write.future, failure(ResultCode.NOT_LEADER, "group closed"))
+            _answer(write.reply, failure(ResultCode.NOT_LEADER, "group closed"))
         for read in reads:
-            _resolve(read.future, failure(ResultCode.NOT_LEADER, "group closed"))
+            _answer(read.reply, failure(ResultCode.NOT_LEADER, "group closed"))
         for batch in in_flight:
             for write in batch.writes:
-                _resolve(write.future, failure(ResultCode.TIMEOUT, OUTCOME_UNKNOWN))
+                _answer(write.reply, failure(ResultCode.TIMEOUT, OUTCOME_UNKNOWN))
             for read in batch.reads:
-                _resolve(read.future, failure(ResultCode.NOT_LEADER, "group closed"))
+                _answer(read.reply, failure(ResultCode.NOT_LEADER, "group closed"))
         log.info(
             "group_closed",
             node=self._log.node_id,
@@ -497,72 +588,116 @@ class GroupRuntime:
     # -- the worker ----------------------------------------------------------------------------
 
     def pump(self) -> bool:
-        """One round of work: take answers, propose what is ready, answer futures. Called by
-        the worker thread, or by a test when the runtime was built with background=False.
+        """One round of work: take answers, propose everything ready (no lingering), answer
+        the requests. Called by a test when the runtime was built with background=False.
         Returns whether it did anything."""
         assert self._thread is None or threading.current_thread() is self._thread, (
             "pump() belongs to the worker thread when background=True"
         )
-        answers = self._take_answers()
+        answered, proposed = self._step(propose_unfull=True)
+        return answered or proposed
+
+    def _step(self, *, propose_unfull: bool) -> tuple[bool, bool]:
+        """Whether it answered, and whether it proposed."""
+        answers = self._take_answers()  # first: an answer frees a slot and sets the targets
         with self._lock:
             batches = []
-            while not self._closed and (batch := self._batcher.next_batch()) is not None:
+            while not self._closed and self._batcher.ready():
+                if not (propose_unfull or self._batcher.full()):
+                    break
+                batch = self._batcher.next_batch()
+                assert batch is not None
                 batches.append(batch)
         for batch in batches:
             self._propose(batch)
         self._answer_all(answers)
-        return bool(answers or batches)
+        return bool(answers), bool(batches)
 
     def _run(self) -> None:
+        linger_until: float | None = None
         while True:
             with self._wake:
-                while not self._closed and not self._has_work():
-                    self._wake.wait()
-                if self._closed:
-                    return
+                propose_unfull = False
+                while True:
+                    if self._closed:
+                        return
+                    if self._answers:
+                        break
+                    if not self._batcher.ready():
+                        linger_until = None
+                        self._sleep(None, lingering=False)
+                        continue
+                    if self._batcher.full():
+                        break
+                    now = time.monotonic()
+                    if linger_until is None:
+                        linger_until = now + self._linger_s
+                    if now >= linger_until:
+                        propose_unfull = True
+                        break
+                    self._sleep(linger_until - now, lingering=True)
             try:
-                self.pump()
-            except Exception as exc:  # a bug: keep serving, never strand a future
+                _, proposed = self._step(propose_unfull=propose_unfull)
+                if proposed:
+                    linger_until = None
+            except Exception as exc:  # a bug: keep serving, never strand a request
                 log.critical("group_worker_error", node=self._log.node_id, error=repr(exc))
 
-    def _has_work(self) -> bool:
-        return bool(self._answers) or self._batcher.ready()
-
-    def _enqueue(self, command: Command) -> Future[Result]:
+    def _sleep(self, timeout_s: float | None, *, lingering: bool) -> None:
+        """Under the lock: wait for a notification (or `timeout_s`)."""
+        self._worker_idle = not lingering
+        self._worker_lingering = lingering
         try:
-            size_bytes = len(command_codec.encode_batch([command]))
+            self._wake.wait(timeout_s)
+        finally:
+            self._worker_idle = self._worker_lingering = False
+
+    def _notify_worker(self) -> None:
+        """Under the lock, after a request was queued: wake the worker if it now has a batch
+        to propose (idle and a slot is free, or lingering and the batch is full)."""
+        if self._worker_idle:
+            if self._batcher.ready():
+                self._wake.notify()
+        elif self._worker_lingering and self._batcher.full():
+            self._wake.notify()
+
+    def _enqueue(self, command: Command, reply: Reply) -> None:
+        try:
+            encoded = command_codec.encode_command(command)
         except Exception as exc:
-            return _done(failure(ResultCode.PARAMETER_ERROR, f"command not encodable: {exc!r}"))
+            reply(failure(ResultCode.PARAMETER_ERROR, f"command not encodable: {exc!r}"))
+            return
+        size_bytes = len(encoded) + _ENTRY_HEAD_BYTES
         if size_bytes > self._batcher.entry_bytes_max:
-            return _done(
+            reply(
                 failure(
                     ResultCode.RECORD_TOO_BIG,
                     f"command of {size_bytes} bytes is over the log entry limit "
                     f"{self._batcher.entry_bytes_max}",
                 )
             )
-        write = QueuedWrite(command, Future())
+            return
+        write = QueuedWrite(command, encoded, reply)
         with self._wake:
             if self._closed:
-                return _done(failure(ResultCode.NOT_LEADER, "group closed"))
-            if not self._batcher.offer_write(write, size_bytes):
-                return _done(failure(ResultCode.DEVICE_OVERLOAD, "group write queue is full"))
-            self._wake.notify()
-        return write.future
+                refused = failure(ResultCode.NOT_LEADER, "group closed")
+            elif not self._batcher.offer_write(write, size_bytes):
+                refused = failure(ResultCode.DEVICE_OVERLOAD, "group write queue is full")
+            else:
+                self._notify_worker()
+                return
+        reply(refused)
 
     def _propose(self, batch: Batch[QueuedWrite, QueuedRead]) -> None:
-        commands: list[Command] = [write.command for write in batch.writes] or [Barrier()]
         with self._lock:
             self._counters.entries += 1
             self._counters.commands += len(batch.writes)
             self._counters.barriers += int(batch.is_barrier)
         on_done = functools.partial(self._on_done, batch.number)
-        try:
-            entry = command_codec.encode_batch(commands)
-        except Exception as exc:  # each command was encoded alone at submit: a bug
-            log.error("batch_not_encodable", node=self._log.node_id, error=repr(exc))
-            on_done(Proposal(Outcome.APPLIED, ApplyFailed(ResultCode.SERVER_ERROR, repr(exc))))
-            return
+        if batch.writes:
+            entry = command_codec.join_batch([write.encoded for write in batch.writes])
+        else:
+            entry = BARRIER_ENTRY
         try:
             self._log.propose(entry, on_done)
         except Exception as exc:
@@ -576,6 +711,8 @@ class GroupRuntime:
 
     def _take_answers(self) -> list[tuple[Batch[QueuedWrite, QueuedRead], Proposal]]:
         with self._lock:
+            if not self._answers:
+                return []
             answers, self._answers = self._answers, []
             finished = [(self._batcher.finish(number), proposal) for number, proposal in answers]
         return [(batch, proposal) for batch, proposal in finished if batch is not None]
@@ -594,14 +731,14 @@ class GroupRuntime:
             if batch.writes:
                 results = write_results(proposal, len(batch.writes))
                 for write, result in zip(batch.writes, results, strict=True):
-                    _resolve(write.future, result)
+                    _answer(write.reply, result)
             if batch.reads:
                 refused = read_failure(proposal)
                 for read in batch.reads:
                     if refused is None:
-                        _resolve(read.future, self._engine_read(read.digest, read.ops, read.now_ms))
+                        _answer(read.reply, self._engine_read(read.digest, read.ops, read.now_ms))
                     else:
-                        _resolve(read.future, refused)
+                        _answer(read.reply, refused)
 
     def _engine_read(self, digest: bytes, ops: tuple[Op, ...], now_ms: int) -> Result:
         if not ops:

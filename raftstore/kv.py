@@ -22,9 +22,14 @@ from typing import Protocol
 class Table(enum.Enum):
     RECORDS = b"records"  # digest -> encoded record (codec.encode_record)
     SESSIONS = b"sessions"  # client id (8 B) + request seq (8 B) -> encoded result
-    CLIENTS = b"clients"  # client id (8 B) -> session floor and last-seen time
+    CLIENTS = b"clients"  # client id (8 B) -> session floor, last-seen time, answered bound
     SETS = b"sets"  # set name (UTF-8) -> set id (2 B)
     META = b"meta"  # small named values: the applied log position, the format version
+
+    # Every read and write looks its table up in a dict: Enum's own __hash__ is Python code
+    # (hash of the name); members are singletons compared by identity, so the identity hash
+    # (C code) agrees with equality and is cheaper.
+    __hash__ = object.__hash__
 
 
 class KvTxn(Protocol):

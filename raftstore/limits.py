@@ -32,7 +32,12 @@ BATCH_COMMANDS_MAX = 4096  # commands the state machine applies in one store tra
 # The group runtime (raftstore/group.py): group commit and its bounds.
 GROUP_QUEUE_COMMANDS_MAX = 4 * BATCH_COMMANDS_MAX  # writes waiting; more -> DEVICE_OVERLOAD
 GROUP_READS_WAITING_MAX = 4 * BATCH_COMMANDS_MAX  # linearizable reads waiting for a barrier
-GROUP_ENTRIES_IN_FLIGHT_MAX = 4  # proposed, unanswered log entries per group
+# Proposed, unanswered log entries per group. One: the requests that arrive while it is in
+# flight make the next entry (every entry costs about as much as a dozen commands).
+GROUP_ENTRIES_IN_FLIGHT_MAX = 1
+# A batch that could still grow waits up to this long for more requests (unless the last
+# entry carried a lone request: `Batcher.full`).
+GROUP_LINGER_S = 0.002
 # A batch closes before this; a lone command over it is refused (RECORD_TOO_BIG). Below the
 # pysyncobj adapter's own ceiling (RaftOptions.entry_bytes_max, about 16 MiB), above the
 # largest record.

@@ -17,6 +17,8 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
+from raftstore.frozen import fast_init
+
 
 class OpCode(enum.IntEnum):
     READ = 1
@@ -58,6 +60,7 @@ READ_ONLY_CODES = frozenset(
 )
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Op:
     code: OpCode

@@ -6,6 +6,7 @@ import enum
 from dataclasses import dataclass
 
 from raftstore.clock import TTL_NAMESPACE_DEFAULT
+from raftstore.frozen import fast_init
 
 
 class Exists(enum.IntEnum):
@@ -22,6 +23,7 @@ class Gen(enum.IntEnum):
     GT = 2  # write only if the policy's generation is greater than the record's
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class WritePolicy:
     exists: Exists = Exists.IGNORE

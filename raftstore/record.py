@@ -10,15 +10,40 @@ Invariants (checked by `check_record` before a write and after a read):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from raftstore import limits
 from raftstore.clock import is_expired
+from raftstore.frozen import fast_init
 
 UserKey = int | str | bytes
 Bins = dict[str, Any]
 
 
+class MetaFields(Protocol):
+    """The metadata of one digest as the primary index reads it: a `RecordMeta`, or a
+    `Record` itself (the state machine hands its records over without copying them out)."""
+
+    @property
+    def generation(self) -> int: ...
+
+    @property
+    def void_time(self) -> int: ...
+
+    @property
+    def last_update_ms(self) -> int: ...
+
+    @property
+    def set_name(self) -> str: ...
+
+    @property
+    def tombstone(self) -> bool: ...
+
+    @property
+    def key_stored(self) -> bool: ...
+
+
+@fast_init
 @dataclass(frozen=True, slots=True)
 class RecordMeta:
     """What the primary index keeps per digest (no bins)."""
@@ -34,6 +59,7 @@ class RecordMeta:
         return not self.tombstone and not is_expired(self.void_time, now_ms)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Record:
     """A stored record. `bins` is treated as read-only: operations build new dicts."""
@@ -56,6 +82,10 @@ class Record:
             tombstone=self.tombstone,
             key_stored=self.user_key is not None,
         )
+
+    @property
+    def key_stored(self) -> bool:
+        return self.user_key is not None
 
     def is_live(self, now_ms: int) -> bool:
         """False for tombstones and for records past their void time."""

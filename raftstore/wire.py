@@ -188,10 +188,9 @@ def peek_request_id(body: bytes) -> int:
     """The request id of a body that may not decode further (0 when even that fails)."""
     try:
         fields = codec.unpack_value(body)
-        request_id = fields[1]
-    except (RaftstoreError, TypeError, IndexError, KeyError):
+    except RaftstoreError:
         return 0
-    return request_id if isinstance(request_id, int) else 0
+    return _request_id_of(fields)
 
 
 def speaks_our_version(body: bytes) -> bool:
@@ -199,14 +198,60 @@ def speaks_our_version(body: bytes) -> bool:
     then someone else's protocol, and the connection is to be closed after answering."""
     try:
         fields = codec.unpack_value(body)
+    except RaftstoreError:
+        return True  # not an envelope at all: a malformed message, answered, not fatal
+    return _our_version(fields)
+
+
+def _request_id_of(fields: Any) -> int:
+    try:
+        request_id = fields[1]
+    except (TypeError, IndexError, KeyError):
+        return 0
+    return request_id if isinstance(request_id, int) else 0
+
+
+def _our_version(fields: Any) -> bool:
+    try:
         version = fields[0]
-    except (RaftstoreError, TypeError, IndexError, KeyError):
+    except (TypeError, IndexError, KeyError):
         return True  # not an envelope at all: a malformed message, answered, not fatal
     return bool(version == PROTOCOL_VERSION)
 
 
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A request body that does not decode: answer `code` to `request_id`; when `fatal` (a
+    foreign protocol version) close the connection after the answer."""
+
+    request_id: int
+    code: int
+    message: str
+    fatal: bool = False
+
+
+def read_request(body: bytes) -> tuple[int, Request] | Refused:
+    """`decode_request` with the refusal as a value, decoding the body's msgpack once (the
+    listener's path: `peek_request_id`, `speaks_our_version` and `decode_request` in one)."""
+    try:
+        fields = codec.unpack_value(body)
+    except RaftstoreError as exc:
+        return Refused(0, exc.code, exc.msg)
+    request_id = _request_id_of(fields)
+    if not _our_version(fields):
+        message = "protocol version not spoken here; closing"
+        return Refused(request_id, ResultCode.PROTOCOL_ERROR, message, fatal=True)
+    try:
+        return _decode_request_fields(_check_envelope(fields))
+    except RaftstoreError as exc:
+        return Refused(request_id, exc.code, exc.msg)
+
+
 def decode_request(body: bytes) -> tuple[int, Request]:
-    fields = _unpack_envelope(body)
+    return _decode_request_fields(_unpack_envelope(body))
+
+
+def _decode_request_fields(fields: list[Any]) -> tuple[int, Request]:
     request_id, kind, rest = fields[1], fields[2], fields[3:]
     try:
         if kind == Kind.RECORD:
@@ -230,7 +275,10 @@ def decode_request(body: bytes) -> tuple[int, Request]:
 
 
 def _unpack_envelope(body: bytes) -> list[Any]:
-    fields = codec.unpack_value(body)
+    return _check_envelope(codec.unpack_value(body))
+
+
+def _check_envelope(fields: Any) -> list[Any]:
     if not isinstance(fields, list) or len(fields) < 3:
         raise error(ResultCode.PROTOCOL_ERROR, "a message is an array [version, id, kind, ...]")
     if fields[0] != PROTOCOL_VERSION:

@@ -1,7 +1,10 @@
 """A raftstore node: the partition groups it replicates, and the answers to client requests.
 
-The node is thread-safe and transport-free: `dispatch(request, now_ms)` returns a
-`concurrent.futures.Future[Response]`; the asyncio listener (server/listener.py) awaits it.
+The node is thread-safe and transport-free: `submit(request, now_ms, reply)` answers through
+`reply` exactly once, on the calling thread when the answer is ready at once (a session read,
+a refusal) and otherwise on a group's worker thread, one batch of answers after another (the
+asyncio listener, server/listener.py, hands them to its loop). `dispatch(request, now_ms)` is
+the same with a `concurrent.futures.Future[Response]`.
 
 Routing rules:
 - partition p of namespace ns belongs to group p % partition-groups; a group's replicas are
@@ -28,6 +31,7 @@ import structlog
 from raftstore import keys, limits
 from raftstore.clock import ttl_left
 from raftstore.commands import RecordRequest, Result, Truncate
+from raftstore.config import NamespaceConfig
 from raftstore.engine import Engine
 from raftstore.errors import RaftstoreError, ResultCode, error, is_definite
 from raftstore.group import GroupRuntime, make_apply
@@ -66,6 +70,7 @@ class Node:
         self.config = config
         self.started_s = time.monotonic()
         self.groups: dict[tuple[str, int], LocalGroup] = {}
+        self._namespaces = {namespace.name: namespace for namespace in config.namespaces}
         self.counters: Counter[str] = Counter()
         self._counters_lock = threading.Lock()
         self._stop = threading.Event()
@@ -125,21 +130,34 @@ class Node:
 
     def dispatch(self, request: Request, now_ms: int) -> Future[Response]:
         """Answer one request; never raises (errors become responses)."""
+        answer: Future[Response] = Future()
+        self.submit(request, now_ms, answer.set_result)
+        return answer
+
+    def submit(self, request: Request, now_ms: int, reply: Callable[[Response], None]) -> None:
+        """Answer one request through `reply` (module docstring); never raises."""
         try:
             if isinstance(request, RecordMsg):
-                return self._record(request, now_ms)
+                self._record(request, now_ms, reply)
+                return
             if isinstance(request, InfoMsg):
-                return _done(Response(value=self.info(request.command)))
-            if isinstance(request, ScanMsg):
-                return self._scan(request, now_ms)
-            return self._truncate(request, now_ms)
+                answer = _done(Response(value=self.info(request.command)))
+            elif isinstance(request, ScanMsg):
+                answer = self._scan(request, now_ms)
+            else:
+                answer = self._truncate(request, now_ms)
         except RaftstoreError as exc:
-            redirect = self.map() if exc.code == ResultCode.NOT_LEADER else None
-            return _done(Response(code=exc.code, message=exc.msg, partition_map=redirect))
+            reply(self._error_response(exc))
+            return
+        answer.add_done_callback(lambda done: reply(done.result()))
 
-    def _record(self, request: RecordMsg, now_ms: int) -> Future[Response]:
+    def _error_response(self, exc: RaftstoreError) -> Response:
+        redirect = self.map() if exc.code == ResultCode.NOT_LEADER else None
+        return Response(code=exc.code, message=exc.msg, partition_map=redirect)
+
+    def _record(self, request: RecordMsg, now_ms: int, reply: Callable[[Response], None]) -> None:
         self._count("requests_record")
-        namespace = self.config.namespace(request.namespace)
+        namespace = self._namespaces.get(request.namespace)
         if namespace is None:
             raise error(ResultCode.NAMESPACE_NOT_FOUND, f"no namespace {request.namespace!r}")
         if not request.ops or len(request.ops) > limits.OPS_PER_REQUEST_MAX:
@@ -148,11 +166,17 @@ class Node:
             expected = keys.calc_digest(request.namespace, request.set_name, request.user_key)
             if expected != request.digest:
                 raise error(ResultCode.KEY_MISMATCH, "the digest does not match the user key")
-        group = self._leading(request.namespace, request.digest)
-        if is_read_only(list(request.ops)):
+        group = self._leading(namespace, request.digest)
+        if is_read_only(request.ops):
             linearize = request.read_mode == ReadMode.LINEARIZE
-            result = group.runtime.read(request.digest, request.ops, now_ms, linearize)
-            return _then(result, lambda r: self._record_response(r, now_ms, write=False))
+            group.runtime.read_to(
+                request.digest,
+                request.ops,
+                now_ms,
+                linearize,
+                lambda result: self._reply(reply, result, now_ms, write=False),
+            )
+            return
         command = RecordRequest(
             client_id=request.client_id,
             request_seq=request.request_seq,
@@ -164,10 +188,19 @@ class Node:
             policy=request.policy,
             user_key=request.user_key,
         )
-        return _then(
-            group.runtime.submit(command),
-            lambda r: self._record_response(r, now_ms, write=True),
+        group.runtime.submit_to(
+            command, lambda result: self._reply(reply, result, now_ms, write=True)
         )
+
+    def _reply(
+        self, reply: Callable[[Response], None], result: Result, now_ms: int, *, write: bool
+    ) -> None:
+        try:
+            response = self._record_response(result, now_ms, write=write)
+        except Exception as exc:
+            log.exception("response_failed")
+            response = Response(code=ResultCode.SERVER_ERROR, message=repr(exc), in_doubt=write)
+        reply(response)
 
     def _record_response(self, result: Result, now_ms: int, *, write: bool) -> Response:
         if result.code == ResultCode.NOT_LEADER:
@@ -183,17 +216,16 @@ class Node:
             in_doubt=write and not is_definite(result.code),
         )
 
-    def _leading(self, namespace: str, digest: bytes) -> LocalGroup:
+    def _leading(self, namespace: NamespaceConfig, digest: bytes) -> LocalGroup:
         """The local group owning `digest`, if this node leads it; else NOT_LEADER."""
-        group_count = self._group_count(namespace)
-        group_id = keys.partition_id(digest) % group_count
-        group = self.groups.get((namespace, group_id))
+        group_id = keys.partition_id(digest) % namespace.partition_groups
+        group = self.groups.get((namespace.name, group_id))
         if group is None or not group.runtime.is_leader():
-            raise _not_leader(f"this node does not lead {namespace}/{group_id}")
+            raise _not_leader(f"this node does not lead {namespace.name}/{group_id}")
         return group
 
     def _group_count(self, namespace: str) -> int:
-        config = self.config.namespace(namespace)
+        config = self._namespaces.get(namespace)
         if config is None:
             raise error(ResultCode.NAMESPACE_NOT_FOUND, f"no namespace {namespace!r}")
         return config.partition_groups
@@ -318,7 +350,7 @@ class Node:
         return {"version": version, "nodes": nodes, "namespaces": namespaces}
 
     def _namespace_info(self, name: str) -> dict[str, Any]:
-        config = self.config.namespace(name)
+        config = self._namespaces.get(name)
         if config is None:
             raise error(ResultCode.NAMESPACE_NOT_FOUND, f"no namespace {name!r}")
         totals: Counter[str] = Counter()
@@ -360,7 +392,8 @@ class Node:
     def _status(self) -> dict[str, Any]:
         groups = {}
         for (namespace, group_id), group in sorted(self.groups.items()):
-            status = group.log.status()
+            runtime = group.runtime.status()
+            status = runtime.log
             groups[f"{namespace}/{group_id}"] = {
                 "role": status.role.value,
                 "term": status.term,
@@ -368,6 +401,10 @@ class Node:
                 "commit_index": status.commit_index,
                 "applied_index": status.applied_index,
                 "log_entries": status.log_entries,
+                # proposed by this replica while it led: commands per entry is the batching
+                "entries_proposed": runtime.entries_proposed,
+                "commands_proposed": runtime.commands_proposed,
+                "barriers_proposed": runtime.barriers_proposed,
             }
         me = self.config.me
         return {

@@ -6,9 +6,12 @@ Equality here is `same`: type-exact and bit-exact, because Python's `==` calls T
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import math
 import struct
 import zlib
+from dataclasses import MISSING
 from typing import Any
 
 import msgpack
@@ -17,8 +20,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from raftstore import codec, errors, limits
+from raftstore.commands import RecordRequest, Result
 from raftstore.errors import ResultCode
-from raftstore.record import Record
+from raftstore.frozen import fast_init
+from raftstore.ops import Op, OpCode
+from raftstore.policy import WritePolicy
+from raftstore.record import Record, RecordMeta
 from raftstore.values import GeoJSON
 
 POINT = GeoJSON('{"type":"Point","coordinates":[-122.5,37.7]}')
@@ -433,3 +440,67 @@ def test_decode_meta_refuses_what_decode_record_refuses() -> None:
     with pytest.raises(errors.RaftstoreError) as caught:
         codec.decode_meta(bytes(encoded))
     assert caught.value.code == ResultCode.RECORD_CORRUPT
+
+
+# -- frozen data: the cheaper constructors of raftstore.frozen -----------------------------------
+
+FAST_INIT_CLASSES = [RecordMeta, Record, Op, WritePolicy, RecordRequest, Result]
+
+
+@pytest.mark.parametrize("cls", FAST_INIT_CLASSES, ids=lambda cls: cls.__name__)
+def test_fast_init_takes_the_dataclass_arguments(cls: type) -> None:
+    """Same parameters as the dataclass's own __init__: names, order, defaults."""
+    parameters = inspect.signature(cls).parameters.values()
+    for field, parameter in zip(dataclasses.fields(cls), parameters, strict=True):
+        assert parameter.name == field.name
+        assert parameter.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+        if field.default_factory is MISSING:  # else a sentinel: see the factory test below
+            empty = inspect.Parameter.empty
+            assert parameter.default == (empty if field.default is MISSING else field.default)
+
+
+@pytest.mark.parametrize("cls", FAST_INIT_CLASSES, ids=lambda cls: cls.__name__)
+def test_fast_init_stores_every_field_and_stays_frozen(cls: type) -> None:
+    names = [field.name for field in dataclasses.fields(cls)]
+    values = [object() for _ in names]
+    by_position = cls(*values)
+    by_keyword = cls(**dict(zip(names, values, strict=True)))
+    for name, value in zip(names, values, strict=True):
+        assert getattr(by_position, name) is value
+        assert getattr(by_keyword, name) is value
+    assert by_position == by_keyword
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(by_position, names[0], 1)
+    with pytest.raises(TypeError):
+        cls(*values, object())
+    with pytest.raises(TypeError):
+        cls(**{"no_such_field": 1})
+
+
+def test_fast_init_fills_defaults_and_calls_factories_per_instance() -> None:
+    first, second = Record(1, 0, 0, "s"), Record(1, 0, 0, "s")
+    assert first.bins == {} and first.bins is not second.bins
+    assert (first.tombstone, first.user_key) == (False, None)
+    assert Result() == Result(ResultCode.OK, 0, 0, (), "", 0, 0)
+    assert WritePolicy().ttl == 0 and Op(OpCode.READ).args == ()
+
+
+def test_fast_init_refuses_what_it_cannot_copy() -> None:
+    @dataclasses.dataclass(frozen=True)
+    class NoSlots:
+        x: int
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class PostInit:
+        x: int
+
+        def __post_init__(self) -> None:
+            pass
+
+    @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+    class KeywordOnly:
+        x: int
+
+    for cls in (NoSlots, PostInit, KeywordOnly):
+        with pytest.raises(AssertionError):
+            fast_init(cls)

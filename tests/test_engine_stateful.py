@@ -12,7 +12,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from raftstore import keys
+from raftstore import keys, limits
 from raftstore import ops as op
 from raftstore.clock import CITRUSLEAF_EPOCH_S
 from raftstore.commands import Command, RecordRequest, Result
@@ -148,6 +148,41 @@ class EngineVersusDict(RuleBasedStateMachine):
         assert result.code == ResultCode.OK
         assert result.generation == model.generation
         assert dict(result.results) == model.bins
+
+    @rule(batch_keys=st.lists(KEYS, min_size=1, max_size=14), data=st.data())
+    def a_batch_of_increments(self, batch_keys: list[int], data: st.DataObject) -> None:
+        """Many requests in one batch (the later ones acknowledging the earlier ones' answers),
+        and a retry of one of them in the same batch: each applied once, the retry answered
+        alike."""
+        requests = []
+        for key in batch_keys:
+            self.seq += 1
+            requests.append(
+                RecordRequest(
+                    client_id=1,
+                    request_seq=self.seq,
+                    acked_seq=max(0, self.seq - 10),
+                    now_ms=NOW_MS + self.seq,
+                    digest=keys.calc_digest("model", "s", key),
+                    set_name="s",
+                    ops=(op.increment("n", 1),),
+                )
+            )
+        retry = data.draw(st.sampled_from(requests[-10:]))  # still above the session floor
+        results = self.apply([*requests, retry])
+        assert results[-1] == results[requests.index(retry)]
+        for key, request, result in zip(batch_keys, requests, results, strict=False):
+            model = self.record(key)
+            current = model.bins.get("n", 0)
+            if not isinstance(current, int) or isinstance(current, bool):
+                assert result.code == ResultCode.BIN_INCOMPATIBLE_TYPE
+            elif current + 1 > limits.INT_MAX:
+                assert result.code == ResultCode.PARAMETER_ERROR
+            else:
+                assert result.code == ResultCode.OK, result
+                model.generation += 1
+                model.bins["n"] = current + 1
+            self.history.append((request, result))
 
     @precondition(lambda self: bool(self.history))
     @rule(data=st.data())

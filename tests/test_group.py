@@ -20,12 +20,13 @@ import pytest
 from raftstore import command_codec, keys, limits
 from raftstore import ops as op
 from raftstore.clock import CITRUSLEAF_EPOCH_S
-from raftstore.commands import Barrier, RecordRequest, Result, failure
+from raftstore.commands import Barrier, RecordRequest, Result, TombRaid, failure
 from raftstore.config import NamespaceConfig
 from raftstore.engine import Engine
-from raftstore.errors import ResultCode, is_definite
+from raftstore.errors import RaftstoreError, ResultCode, is_definite
 from raftstore.fake_log import FakeCluster
 from raftstore.group import (
+    BARRIER_ENTRY,
     OUTCOME_UNKNOWN,
     ApplyFailed,
     Batcher,
@@ -79,7 +80,16 @@ def token(client: int, seq: int) -> RecordRequest:
 class Group:
     """Three replicas: a FakeCluster, an Engine and a GroupRuntime per node; `a` leads."""
 
-    def __init__(self, root: Path, seed: int, *, background: bool = False, **fake: Any) -> None:
+    def __init__(
+        self,
+        root: Path,
+        seed: int,
+        *,
+        background: bool = False,
+        in_flight_max: int = limits.GROUP_ENTRIES_IN_FLIGHT_MAX,
+        **fake: Any,
+    ) -> None:
+        self.in_flight_max = in_flight_max
         self.root = root
         self.background = background
         self.fake = FakeCluster(NODES, seed, **fake)
@@ -89,7 +99,10 @@ class Group:
             self.engines[node] = Engine(root / node, NAMESPACE, durable=False)
             self.fake.attach(node, make_apply(self.engines[node]))
             self.runtimes[node] = GroupRuntime(
-                self.fake.log(node), self.engines[node], background=background
+                self.fake.log(node),
+                self.engines[node],
+                background=background,
+                batcher=Batcher(in_flight_max=in_flight_max),
             )
         self.fake.elect("a")
         self.fake.run_until_idle()
@@ -124,7 +137,10 @@ class Group:
         self.engines[node] = Engine(self.root / directory, NAMESPACE, durable=False)
         self.fake.restart(node, make_apply(self.engines[node]))
         self.runtimes[node] = GroupRuntime(
-            self.fake.log(node), self.engines[node], background=self.background
+            self.fake.log(node),
+            self.engines[node],
+            background=self.background,
+            batcher=Batcher(in_flight_max=self.in_flight_max),
         )
 
     def close(self) -> None:
@@ -198,7 +214,7 @@ def test_batcher_closes_a_batch_before_its_byte_budget_but_never_splits_a_comman
 
 
 def test_batcher_reads_share_one_barrier_or_ride_on_writes() -> None:
-    batcher: Batcher[str, str] = Batcher()
+    batcher: Batcher[str, str] = Batcher(in_flight_max=4)
     batcher.offer_read("r1")
     batcher.offer_read("r2")
     barrier = batcher.next_batch()
@@ -269,6 +285,99 @@ def test_expiry_sweep_is_bounded_and_resumes_where_it_stopped() -> None:
     rest = sweep.candidates(entries_of, metas_of, NOW_MS)
     assert rest == sorted(table[pid][0][0] for pid in (3, 7, 4000)), "every partition once"
     assert sweep.next_partition == 8
+
+
+def test_batcher_is_full_after_a_lone_request_or_at_the_batch_bound() -> None:
+    batcher: Batcher[str, str] = Batcher(batch_commands_max=3)
+    batcher.offer_write("w1", 1)
+    assert batcher.full(), "at first, and after a lone request: go at once"
+    first = batcher.next_batch()
+    assert first is not None
+    batcher.offer_write("w2", 1)
+    batcher.offer_write("w3", 1)
+    batcher.finish(first.number)  # answered a lone write: no one else is waiting
+    assert batcher.full()
+    second = batcher.next_batch()
+    assert second is not None and second.writes == ["w2", "w3"]
+    batcher.finish(second.number)  # two at once: concurrent clients, worth a wait
+    batcher.offer_write("w4", 1)
+    assert batcher.ready() and not batcher.full()
+    batcher.offer_write("w5", 1)
+    batcher.offer_write("w6", 1)
+    assert batcher.full(), "a batch that cannot grow goes at once"
+    batcher.offer_read("r1")
+    assert batcher.full(), "reads ride on the writes"
+
+
+def test_entries_joined_from_commands_encoded_once_are_encode_batch() -> None:
+    commands = [incr(1, 1, "k"), Barrier(), TombRaid(NOW_MS), token(2, 3)]
+    for count in (0, 1, 4, 15, 16, 17, 65535, 65536):
+        batch = [commands[n % len(commands)] for n in range(count)]
+        joined = command_codec.join_batch([command_codec.encode_command(c) for c in batch])
+        assert joined == command_codec.encode_batch(batch), count
+    assert command_codec.decode_batch(BARRIER_ENTRY) == [Barrier()]
+
+
+def test_decoded_write_policies_are_shared_but_still_checked() -> None:
+    raw = [int(Exists.CREATE), 0, 0, 60, True]
+    first = command_codec.decode_policy(raw)
+    assert first == WritePolicy(exists=Exists.CREATE, ttl=60, send_key=True)
+    assert command_codec.decode_policy([int(Exists.CREATE), 0, 0, 60, 1]) is first
+    for bad in ([True, 0, 0, 60, True], [int(Exists.CREATE), 0, 0, 60.0, True], [9, 0, 0, 0, 0]):
+        with pytest.raises(RaftstoreError) as caught:
+            command_codec.decode_policy(bad)
+        assert caught.value.code == ResultCode.PARAMETER_ERROR, bad
+
+
+def test_a_bare_barrier_skips_the_engine(tmp_path: Path) -> None:
+    engine = Engine(tmp_path / "e", NAMESPACE, durable=False)
+    apply = make_apply(engine)
+    try:
+        written = apply(1, command_codec.encode_batch([incr(1, 1, "k")]))
+        assert isinstance(written, list) and [r.generation for r in written] == [1]
+        assert apply(2, BARRIER_ENTRY) == [Result()]
+        assert engine.applied_index == 1, "no store transaction for a barrier"
+        assert [r.code for r in apply(3, command_codec.encode_batch([incr(1, 2, "k")]))] == [0]
+        assert engine.applied_index == 3, "positions only have to grow"
+        assert apply(3, BARRIER_ENTRY) == [Result()], "a replayed barrier is still a barrier"
+    finally:
+        engine.close()
+
+
+def test_the_worker_lingers_for_a_fuller_batch_under_concurrent_load(tmp_path: Path) -> None:
+    fake = FakeCluster(["a"], 0)
+    engine = Engine(tmp_path / "a", NAMESPACE, durable=False)
+    fake.attach("a", make_apply(engine))
+    fake.elect("a")
+    linger_s = 0.5
+    runtime = GroupRuntime(fake.log("a"), engine, linger_s=linger_s)
+    try:
+
+        def settled(futures: list[Future[Result]]) -> None:
+            deadline = time.monotonic() + DEADLINE_S
+            while not all(f.done() for f in futures):
+                assert time.monotonic() < deadline
+                if not fake.step():
+                    concurrent.futures.wait(futures, timeout=0.005)
+
+        lone = runtime.submit(incr(1, 1, "k"))
+        deadline = time.monotonic() + DEADLINE_S
+        while runtime.status().entries_in_flight == 0:  # a lone write: proposed at once
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        pair = [runtime.submit(incr(1, seq, "k")) for seq in (2, 3)]  # queued behind it
+        settled([lone, *pair])
+        assert runtime.status().entries_proposed == 2, "the pair shared an entry"
+        began = time.monotonic()
+        after_pair = runtime.submit(incr(1, 4, "k"))
+        time.sleep(linger_s / 5)
+        assert runtime.status().queued_writes == 1, "waiting for company"
+        settled([after_pair])
+        assert time.monotonic() - began >= linger_s * 0.9
+        assert all(f.result().ok for f in [lone, *pair, after_pair])
+    finally:
+        runtime.close()
+        engine.close()
 
 
 def test_apply_never_raises(tmp_path: Path) -> None:
@@ -405,7 +514,7 @@ def test_a_leader_change_in_lost_ack_mode_never_applies_twice(tmp_path: Path) ->
 def _leader_change(
     root: Path, seed: int, discarded: Outcome
 ) -> tuple[dict[int, list[str]], list[str]]:
-    group = Group(root, seed, discarded=discarded)
+    group = Group(root, seed, in_flight_max=3, discarded=discarded)
     try:
         leader = group.runtimes["a"]
         futures: dict[str, Future[Result]] = {}

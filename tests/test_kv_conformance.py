@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 import pytest
 
+from raftstore.errors import RaftstoreError, ResultCode
 from raftstore.kv import MemoryKv, Table
 from raftstore.store import LmdbStore
 
@@ -102,3 +103,18 @@ def test_lmdb_store_survives_reopen(tmp_path: Path) -> None:
     with again.begin() as txn:
         assert txn.get(Table.META, b"applied_index") == b"\x00" * 7 + b"\x05"
     again.close()
+
+
+def test_a_full_lmdb_store_answers_server_full_and_keeps_what_it_had(tmp_path: Path) -> None:
+    store = LmdbStore(tmp_path / "small", durable=False, map_size_bytes=256 * 1024)
+    try:
+        with store.begin(write=True) as txn:
+            txn.put(Table.RECORDS, b"kept", b"1")
+        with pytest.raises(RaftstoreError) as caught, store.begin(write=True) as txn:
+            for n in range(10_000):
+                txn.put(Table.RECORDS, n.to_bytes(4, "big"), bytes(1000))
+        assert caught.value.code == ResultCode.SERVER_FULL
+        with store.begin() as txn:
+            assert [key for key, _ in txn.scan(Table.RECORDS)] == [b"kept"]
+    finally:
+        store.close()

@@ -10,10 +10,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from raftstore import limits, ops
+from raftstore import limits, operations, ops
 from raftstore.clock import citrusleaf_seconds, void_time_after
 from raftstore.config import NamespaceConfig
 from raftstore.errors import RaftstoreError, ResultCode
@@ -846,3 +846,151 @@ def test_failures_have_no_effect_and_writes_advance_the_generation(
     assert record.last_update_ms >= NOW_MS
     if existing is not None:
         assert record.last_update_ms >= existing.last_update_ms
+
+
+# -- the fast path is the general path -----------------------------------------------------------
+
+FAST_OPS = st.one_of(  # what the fast path takes
+    st.builds(ops.read, st.none() | BIN_NAMES),
+    st.builds(ops.write, BIN_NAMES, SCALARS | st.floats()),  # NaN too: compared by repr
+)
+# Each a little outside what the fast path takes: the general path must get it, and answer it.
+NEAR_MISS_OPS: list[Any] = [
+    ops.write("a", 2**63),
+    ops.write("a", -(2**63) - 1),
+    ops.write("x" * 16, 1),
+    ops.write("é" * 8, 1),  # 8 characters, 16 bytes of UTF-8
+    ops.write("é", 1),  # valid, but not ASCII
+    ops.write("", 1),
+    ops.write(1, "x"),  # type: ignore[arg-type]
+    ops.read("x" * 16),
+    ops.read(""),
+    ops.write("a", None),
+    ops.write("a", [1]),
+    ops.write("a", {"k": 1}),
+    ops.write("a", {1, 2}),
+    ops.write("a", 1j),
+    ops.write("a", bytearray(b"x")),
+    ops.write("a", POINT),
+    ops.increment("a", 1),
+    ops.delete(),
+    ops.touch(),
+    Op(2, "a", ("x",)),  # type: ignore[arg-type]  # the code as a plain int
+    Op(OpCode.WRITE, "a", ["x"]),  # type: ignore[arg-type]
+    Op(OpCode.WRITE, "a", ("x", "y")),
+    Op(OpCode.WRITE, None, ("x",)),
+    Op(OpCode.READ, "a", ("x",)),
+    ("write", "a", 1),
+]
+NEAR_MISS_POLICIES: list[Any] = [
+    WritePolicy(exists=1),  # type: ignore[arg-type]  # a valid value, but not an Exists
+    WritePolicy(exists=9),  # type: ignore[arg-type]
+    WritePolicy(exists=True),  # type: ignore[arg-type]
+    WritePolicy(gen=True),  # type: ignore[arg-type]
+    WritePolicy(gen=5),  # type: ignore[arg-type]
+    WritePolicy(generation=-1),
+    WritePolicy(generation=limits.GENERATION_MAX + 1),
+    WritePolicy(ttl=True),
+    WritePolicy(ttl=-3),
+    WritePolicy(ttl=limits.TTL_SECONDS_MAX + 1),
+    WritePolicy(ttl=limits.TTL_SECONDS_MAX),
+    WritePolicy(send_key=1),  # type: ignore[arg-type]
+    "not a policy",
+]
+NEAR_MISS_KEYS: list[Any] = [-(2**63), 2**63 - 1, 2**63, True, 1.5, bytearray(b"k"), "", b""]
+
+
+def outcome_of(operate_fn: Any, existing: Record | None, op_list: list[Any], **kwargs: Any) -> Any:
+    """What a way of operating gave: its outcome, exactly (repr), or its error."""
+    try:
+        return repr(operate_fn(existing, op_list, now_ms=NOW_MS, set_name="people", **kwargs))
+    except RaftstoreError as failure:
+        return (type(failure), failure.code, failure.msg)
+
+
+def check_fast_path_is_general_path(
+    existing: Record | None,
+    op_list: list[Any],
+    policy: WritePolicy,
+    user_key: Any,
+    namespace: NamespaceConfig,
+) -> None:
+    kind = operations._plain_kind(op_list, policy, user_key)
+    event(f"fast path: {['no', 'reads', 'writes'][kind]}")
+    existing_before = copy.deepcopy(existing)
+    ops_before = copy.deepcopy(op_list)
+    kwargs = {"user_key": user_key, "namespace": namespace}
+    fast = outcome_of(lambda *a, **k: operate(a[0], a[1], policy, **k), existing, op_list, **kwargs)
+    general = outcome_of(
+        lambda *a, **k: operations._operate_generic(a[0], a[1], policy, **k),
+        existing,
+        op_list,
+        **kwargs,
+    )
+    assert fast == general
+    assert repr(existing) == repr(existing_before) and repr(op_list) == repr(ops_before)
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    existing=existing_records(),
+    op_list=st.lists(FAST_OPS, min_size=1, max_size=5),
+    policy=POLICIES,
+    user_key=KEYS,
+    namespace=st.sampled_from([NAMESPACE, NAMESPACE_DAY_TTL]),
+)
+def test_the_fast_path_gives_what_the_general_path_gives(
+    existing: Record | None,
+    op_list: list[Any],
+    policy: WritePolicy,
+    user_key: Any,
+    namespace: NamespaceConfig,
+) -> None:
+    check_fast_path_is_general_path(existing, op_list, policy, user_key, namespace)
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    existing=existing_records(),
+    op_list=st.lists(FAST_OPS, max_size=4),
+    policy=POLICIES,
+    user_key=KEYS,
+    namespace=st.sampled_from([NAMESPACE, NAMESPACE_DAY_TTL]),
+    miss=st.sampled_from(["op", "policy", "key"]),
+    data=st.data(),
+)
+def test_near_misses_of_the_fast_path_still_give_what_the_general_path_gives(  # noqa: PLR0917
+    existing: Record | None,
+    op_list: list[Any],
+    policy: WritePolicy,
+    user_key: Any,
+    namespace: NamespaceConfig,
+    miss: str,
+    data: st.DataObject,
+) -> None:
+    if miss == "op":
+        at = data.draw(st.integers(0, len(op_list)))
+        op_list.insert(at, data.draw(st.sampled_from(NEAR_MISS_OPS)))
+    elif miss == "policy":
+        policy = data.draw(st.sampled_from(NEAR_MISS_POLICIES))
+    else:
+        user_key = data.draw(st.sampled_from(NEAR_MISS_KEYS))
+    check_fast_path_is_general_path(existing, op_list, policy, user_key, namespace)
+
+
+@pytest.mark.parametrize(
+    ("op_list", "policy", "user_key", "kind"),
+    [
+        ([ops.write("v", "v" * 100)], WritePolicy(), None, operations._PLAIN_WRITES),
+        ([ops.write("n", 2**63 - 1), ops.read("n")], WritePolicy(ttl=60), 7, 2),
+        ([ops.read(), ops.read("a")], WritePolicy(exists=Exists.UPDATE), b"k", 1),
+        ([ops.write("v", None)], WritePolicy(), None, operations._NOT_PLAIN),
+        ([ops.write("v", [1])], WritePolicy(), None, operations._NOT_PLAIN),
+        ([ops.increment("n", 1)], WritePolicy(), None, operations._NOT_PLAIN),
+        ([ops.write("v", 1)], WritePolicy(), True, operations._NOT_PLAIN),
+    ],
+)
+def test_plain_requests_take_the_fast_path(
+    op_list: list[Op], policy: WritePolicy, user_key: Any, kind: int
+) -> None:
+    assert operations._plain_kind(op_list, policy, user_key) == kind

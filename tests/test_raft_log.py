@@ -7,6 +7,7 @@ Every wait is a condition polled until a deadline; every replica started is clos
 
 from __future__ import annotations
 
+import base64
 import collections
 import os
 import socket
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.fernet import InvalidToken
+from pysyncobj import encryptor as pysyncobj_encryptor
 
 from raftstore import command_codec, keys, raft_log
 from raftstore import ops as op
@@ -511,3 +514,52 @@ def test_a_corrupt_dump_is_refused_before_it_replaces_the_store(tmp_path: Path) 
     dump.write_bytes(bytes(raw[:-9]))  # cut short
     with pytest.raises(ValueError, match="truncated"):
         raft_log._extract_store(dump, tmp_path / "short.mdb")
+
+
+# -- the transport: the same tokens, fewer messages --------------------------------------------
+
+
+def test_our_fernet_tokens_are_stock_fernet_tokens() -> None:
+    stock = pysyncobj_encryptor.getEncryptor(SECRET)
+    ours = raft_log._fernet_of(SECRET)
+    for size in (0, 1, 15, 16, 17, 1000, 70_000):
+        message = os.urandom(size)
+        sealed = ours.encrypt_at_time(message, 1234)
+        assert stock.extract_timestamp(sealed) == 1234 and stock.decrypt(sealed) == message
+        stock_sealed = stock.encrypt_at_time(message, 99)
+        assert ours.extract_timestamp(stock_sealed) == 99 and ours.decrypt(stock_sealed) == message
+    assert ours.encrypt_at_time(b"same", 1) != ours.encrypt_at_time(b"same", 1), "fresh IVs"
+    sealed = bytearray(base64.urlsafe_b64decode(ours.encrypt_at_time(b"x" * 40, 7)))
+    for position in (0, 5, 20, 40, len(sealed) - 1):  # version, time, IV, ciphertext, MAC
+        tampered = bytearray(sealed)
+        tampered[position] ^= 1
+        with pytest.raises(InvalidToken):
+            ours.extract_timestamp(base64.urlsafe_b64encode(bytes(tampered)))
+    for garbage in (b"", b"not base64 !!", base64.urlsafe_b64encode(bytes(sealed[:-17]))):
+        with pytest.raises(InvalidToken):
+            ours.decrypt(garbage)
+    with pytest.raises(InvalidToken):
+        raft_log._fernet_of("another secret").decrypt(ours.encrypt_at_time(b"x", 1))
+
+
+def test_an_idle_group_ticks_at_its_poll_period(cluster: Cluster) -> None:
+    """The leader wakes early for a deferred commit notice, and only then (pysyncobj's times
+    are on its own clock: mixing in time.monotonic() made it spin)."""
+    cluster.start_all()
+    leader = cluster.leader()
+    increments(cluster, 1, 3)
+    cluster.converged()  # followers learn the commit without another entry
+    ticks = collections.Counter[str]()
+    for replica in cluster.running():
+        assert replica.log is not None
+        sync_obj = replica.log._replica
+        on_tick = sync_obj._onTick
+
+        def counting(wait_s: float = 0.0, node: str = replica.node_id, tick: Any = on_tick) -> None:
+            ticks[node] += 1
+            tick(wait_s)
+
+        sync_obj._onTick = counting
+    time.sleep(1.0)
+    assert ticks[leader.node_id] < 200, ticks  # heartbeats, acks, 20 polls a second
+    assert max(ticks.values()) < 200, ticks

@@ -313,3 +313,115 @@ def test_replicas_agree_whatever_their_index_history() -> None:
         outputs.append(results)
     assert outputs[0] == outputs[1]
     assert left.kv.tables == right.kv.tables
+
+
+# -- sessions: answers held for the batch, the answered bound ------------------------------------
+
+
+def sessions_of(replica: Replica) -> list[tuple[int, int]]:
+    with replica.kv.begin() as txn:
+        return [
+            (int.from_bytes(key[:8], "big"), int.from_bytes(key[8:], "big"))
+            for key, _ in txn.scan(Table.SESSIONS)
+        ]
+
+
+class CountingTxn:
+    """A transaction that counts the reads of each table (to see which lookups happen)."""
+
+    def __init__(self, txn: Any) -> None:
+        self.txn = txn
+        self.gets: dict[Table, int] = dict.fromkeys(Table, 0)
+
+    def get(self, table: Table, key: bytes) -> bytes | None:
+        self.gets[table] += 1
+        return self.txn.get(table, key)  # type: ignore[no-any-return]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.txn, name)
+
+
+def apply_counting(replica: Replica, commands: Sequence[Command]) -> tuple[list[Result], int]:
+    """Apply a batch; its results and how many times it read the session table."""
+    replica.log_index += 1
+    with replica.kv.begin(write=True) as txn:
+        counting = CountingTxn(txn)
+        applied = replica.machine.apply_batch(counting, replica.log_index, commands)
+    replica.machine.publish(applied)
+    return applied.results, counting.gets[Table.SESSIONS]
+
+
+def test_answers_acknowledged_within_their_batch_are_never_stored() -> None:
+    replica, client = Replica(), Client(4)
+    batch = []
+    for n in range(5):
+        batch.append(client.request(n, [op.increment("n", 1)]))
+        client.acked = client.seq  # the next request acknowledges the one before this
+    results = replica.apply(batch)
+    assert all(r.ok for r in results)
+    assert sessions_of(replica) == [(4, 4), (4, 5)], "only the unacknowledged answers are kept"
+    assert replica.one(batch[-1]) == results[-1], "and it answers a retry"
+    assert replica.one(batch[2]).code == ResultCode.SESSION_EXPIRED
+
+
+def test_a_request_above_the_answered_bound_needs_no_lookup() -> None:
+    replica, client = Replica(), Client(5)
+    first = [client.request(n, [op.increment("n", 1)]) for n in range(3)]
+    _, lookups = apply_counting(replica, first)
+    assert lookups == 0, "a new client has no answers"
+    _, lookups = apply_counting(replica, [client.request(9, [op.write("a", 1)])])
+    assert lookups == 0, "seq 4 is above every stored answer"
+    again, lookups = apply_counting(replica, [first[1]])
+    assert lookups == 1 and again[0].ok
+    assert bins_of(replica.one(client.request(1, [op.read("n")]))) == {"n": 1}
+
+
+def test_client_rows_without_the_bound_are_still_honoured() -> None:
+    """A row written before the bound existed (16 bytes): every request is looked up."""
+    replica, client = Replica(), Client(9)
+    stored = Result(generation=42)
+    with replica.kv.begin(write=True) as txn:
+        txn.put(Table.CLIENTS, (9).to_bytes(8, "big"), (1).to_bytes(8, "big") * 2)
+        txn.put(
+            Table.SESSIONS, (9).to_bytes(8, "big") + (5).to_bytes(8, "big"), encode_result(stored)
+        )
+    client.acked = 1
+    retry = client.request(1, [op.increment("n", 1)], seq=5)
+    assert replica.one(retry) == stored, "answered from the table, not applied"
+    assert replica.index.get(digest(1)) is None
+    assert replica.one(client.request(1, [op.increment("n", 1)], seq=6)).ok
+    with replica.kv.begin() as txn:
+        row = txn.get(Table.CLIENTS, (9).to_bytes(8, "big"))
+    assert row is not None and row[16:] == b"\xff" * 8, "the bound stays unknown"
+
+
+def test_a_client_seen_in_a_batch_is_not_forgotten_by_the_raid_in_it() -> None:
+    replica, client = Replica(), Client(6)
+    replica.one(client.request(1, [op.increment("n", 1)]))
+    later = NOW_MS + 2 * 3600 * 1000  # silent longer than SESSION_IDLE_MS_MAX
+    request = client.request(1, [op.increment("n", 1)], now_ms=later)
+    first = replica.apply([request, TombRaid(now_ms=later)])[0]
+    assert replica.one(request) == first, "the answer outlived the raid"
+    read = replica.one(client.request(1, [op.read("n")], now_ms=later))
+    assert bins_of(read) == {"n": 2}
+
+
+def test_a_result_that_cannot_be_stored_crashes_its_command(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from raftstore import state_machine
+
+    def buggy(result: Result) -> bytes:
+        if result.generation == 2:
+            raise TypeError("a bug")
+        return encode_result(result)
+
+    monkeypatch.setattr(state_machine, "encode_result", buggy)
+    replica, client = Replica(), Client(1)
+    batch = [client.request(1, [op.write("a", n)]) for n in range(3)]
+    with replica.kv.begin(write=True) as txn, pytest.raises(CommandCrashed) as caught:
+        replica.machine.apply_batch(txn, 1, batch)
+    assert caught.value.position == 1
+    with replica.kv.begin(write=True) as txn:
+        applied = replica.machine.apply_batch(txn, 1, batch, crashed=frozenset({1}))
+    assert [r.code for r in applied.results] == [ResultCode.OK, ResultCode.SERVER_ERROR, 0]

@@ -20,6 +20,7 @@ from raftstore.wire import (
     Kind,
     ReadMode,
     RecordMsg,
+    Refused,
     Response,
     ScanMsg,
     TruncateMsg,
@@ -28,6 +29,8 @@ from raftstore.wire import (
     encode_request,
     encode_response,
     peek_request_id,
+    read_request,
+    speaks_our_version,
 )
 
 DIGEST = keys.calc_digest("test", "s", 1)
@@ -165,3 +168,32 @@ def test_scan_limits_are_checked() -> None:
 def test_peek_request_id_never_raises() -> None:
     assert peek_request_id(b"\xc1") == 0
     assert peek_request_id(codec.pack_value([1])) == 0
+
+
+# -- read_request: the listener's one-decode path agrees with the others ----------------------
+
+
+@pytest.mark.parametrize("message", REQUESTS, ids=lambda m: type(m).__name__)
+def test_read_request_decodes_what_decode_request_decodes(message: object) -> None:
+    body = body_of(encode_request(42, message))  # type: ignore[arg-type]
+    assert read_request(body) == decode_request(body) == (42, message)
+
+
+BAD = {
+    **BAD_BODIES,
+    **{name: codec.pack_value(record_fields(**c)) for name, c in BAD_FIELDS.items()},
+}
+
+
+@pytest.mark.parametrize("body", BAD.values(), ids=BAD.keys())
+def test_read_request_refuses_what_the_separate_steps_refuse(body: bytes) -> None:
+    refused = read_request(body)
+    assert isinstance(refused, Refused)
+    assert refused.request_id == peek_request_id(body)
+    assert refused.fatal is not speaks_our_version(body)
+    if refused.fatal:
+        assert refused.code == ResultCode.PROTOCOL_ERROR
+        return
+    with pytest.raises(RaftstoreError) as caught:
+        decode_request(body)
+    assert (refused.code, refused.message) == (caught.value.code, caught.value.msg)
