@@ -30,7 +30,7 @@ Rules:
 from __future__ import annotations
 
 from client import exception, list_operations, map_operations, operations
-from client.api import BatchRecord, Client, client, connect
+from client.api import BatchRecord, Client, TransactionContext, client, connect
 from client.constants import (
     POLICY_EXISTS_CREATE,
     POLICY_EXISTS_CREATE_OR_REPLACE,
@@ -49,10 +49,25 @@ from client.constants import (
     TTL_NAMESPACE_DEFAULT,
     TTL_NEVER_EXPIRE,
 )
+from client.txn import (
+    ABORT_ALREADY_ABORTED,
+    ABORT_OK,
+    COMMIT_ALREADY_COMMITTED,
+    COMMIT_OK,
+    TXN_STATE_ABORTED,
+    TXN_STATE_COMMITTED,
+    TXN_STATE_OPEN,
+    TXN_STATE_VERIFIED,
+    Transaction,
+)
 from raftstore.keys import calc_digest
 from raftstore.keys import partition_id as get_partition_id
 
 __all__ = [
+    "ABORT_ALREADY_ABORTED",
+    "ABORT_OK",
+    "COMMIT_ALREADY_COMMITTED",
+    "COMMIT_OK",
     "POLICY_EXISTS_CREATE",
     "POLICY_EXISTS_CREATE_OR_REPLACE",
     "POLICY_EXISTS_IGNORE",
@@ -69,8 +84,14 @@ __all__ = [
     "TTL_DONT_UPDATE",
     "TTL_NAMESPACE_DEFAULT",
     "TTL_NEVER_EXPIRE",
+    "TXN_STATE_ABORTED",
+    "TXN_STATE_COMMITTED",
+    "TXN_STATE_OPEN",
+    "TXN_STATE_VERIFIED",
     "BatchRecord",
     "Client",
+    "Transaction",
+    "TransactionContext",
     "calc_digest",
     "client",
     "connect",

@@ -23,7 +23,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any
 
@@ -36,11 +36,24 @@ from client.logger import get_logger
 from client.policies import Meta, Policy, check_ttl, parse_meta, resolve
 from client.routing import Address, PartitionMap
 from client.settings import SEND_STALL_TIMEOUT_S, Settings, parse_config
+from client.txn import (
+    ABORT_ALREADY_ABORTED,
+    ABORT_OK,
+    COMMIT_ALREADY_COMMITTED,
+    COMMIT_OK,
+    TXN_STATE_ABORTED,
+    TXN_STATE_COMMITTED,
+    Transaction,
+    apply_local,
+    record_from_read,
+    ttl_of,
+)
 from raftstore import keys, limits, wire
 from raftstore.config import check_namespace_name
 from raftstore.errors import RaftstoreError, ResultCode, error, is_definite
 from raftstore.ops import Op, is_read_only
 from raftstore.policy import DEFAULT_WRITE_POLICY
+from raftstore.record import Record
 from raftstore.values import check_bin_name, check_value
 
 log = get_logger(__name__)
@@ -50,6 +63,8 @@ MetaDict = dict[str, int]
 RecordTuple = tuple[KeyTuple, MetaDict, Bins]
 
 BATCH_IN_FLIGHT_MAX = 1024  # calls of one batch in flight at once
+SETTLE_ATTEMPTS = 3  # status checks of an in-doubt commit before raising in_doubt
+COMMIT_MARGIN_MS = 10_000  # a commit's wait beyond the deadline: resolves and retries
 SCAN_PAGE_RECORDS = 1000
 
 
@@ -261,9 +276,20 @@ class Client:
     ) -> tuple[KeyRef, wire.Response]:
         cluster = self._live()
         ref = parse_key(key)
+        txn, policy = _take_txn(policy)
         resolved = self._policy(kind, policy)
         checked_meta = parse_meta(meta)
         checked_ops = _check_ops(ops)
+        if txn is not None:
+            return ref, self._txn_record(
+                cluster,
+                txn=txn,
+                kind=kind,
+                ref=ref,
+                ops=checked_ops,
+                policy=resolved,
+                meta=checked_meta,
+            )
         call = self._call(cluster, ref, checked_ops, resolved, checked_meta)
         cluster.run([call])
         if call.error is not None:
@@ -293,6 +319,196 @@ class Client:
         seq = cluster.sequences.begin()
         return Call(target, message, is_write=is_write, policy=policy, seq=seq)
 
+    def exchange(
+        self,
+        namespace: str,
+        partition_id: int,
+        message: wire.TxnCommitMsg | wire.TxnStepMsg,
+        policy: Policy,
+    ) -> Call:
+        """One transaction message to the leader of `partition_id`'s group, with the routing
+        and retry rules of any write (`client.cluster`); the finished call, never raises for
+        the server's answer. For the transaction API and the server's peer calls."""
+        call = Call(Target(namespace, partition_id), message, is_write=True, policy=policy)
+        self._live().run([call])
+        return call
+
+    # -- transactions (client.txn) ----------------------------------------------------------------
+
+    def transaction(self, timeout: float = 0) -> TransactionContext:
+        """`with client.transaction(timeout=s) as t:` commits on leaving the block and
+        aborts if it raises; `t.get/select/exists/put/operate/remove/batch_read` join it."""
+        return TransactionContext(self, Transaction(timeout=timeout))
+
+    def commit(self, txn: Transaction) -> int:
+        """COMMIT_OK, or COMMIT_ALREADY_COMMITTED; raises if it aborted (nothing applied), or
+        with in_doubt=True if the outcome stays unknown (`txn_status` asks again)."""
+        self._live()
+        with txn.lock:
+            if txn.state == TXN_STATE_COMMITTED:
+                return COMMIT_ALREADY_COMMITTED
+            if txn.state == TXN_STATE_ABORTED:
+                raise error(ResultCode.MRT_ABORTED, f"transaction {txn.id} was aborted")
+            if txn.in_doubt:
+                self._settle(txn)
+                return COMMIT_OK
+            first = txn.keys.first
+            if first is None:
+                txn.state = TXN_STATE_COMMITTED
+                return COMMIT_OK
+            reads, writes = txn.commit_parts()
+            left_ms = txn.time_left_ms()
+            if left_ms <= 0:
+                txn.state = TXN_STATE_ABORTED
+                raise error(ResultCode.MRT_EXPIRED, f"transaction {txn.id} passed its deadline")
+            message = wire.TxnCommitMsg(
+                first.namespace, txn.id, first.digest, left_ms, reads, writes
+            )
+            call = self.exchange(
+                first.namespace, first.partition_id, message, _commit_policy(left_ms)
+            )
+            if call.error is None:
+                txn.state = TXN_STATE_COMMITTED
+                return COMMIT_OK
+            if not call.error.in_doubt and is_definite(call.error.code):
+                txn.state = TXN_STATE_ABORTED
+                raise call.error
+            txn.in_doubt = True
+            self._settle(txn)
+            return COMMIT_OK
+
+    def abort(self, txn: Transaction) -> int:
+        """ABORT_OK (nothing of it is applied, ever), or ABORT_ALREADY_ABORTED; raises
+        TxnCommitted if it committed (also when an in-doubt commit turns out committed)."""
+        with txn.lock:
+            if txn.state == TXN_STATE_ABORTED:
+                return ABORT_ALREADY_ABORTED
+            if txn.state == TXN_STATE_COMMITTED:
+                raise error(ResultCode.MRT_COMMITTED, f"transaction {txn.id} was committed")
+            if txn.in_doubt:  # never abort blindly after an unknown commit: settle it
+                try:
+                    self._settle(txn)
+                except RaftstoreError as exc:
+                    if exc.in_doubt:
+                        raise
+                    return ABORT_OK
+                raise error(ResultCode.MRT_COMMITTED, f"transaction {txn.id} was committed")
+            txn.state = TXN_STATE_ABORTED  # writes were only buffered: nothing to undo
+            return ABORT_OK
+
+    def txn_status(self, txn: Transaction) -> str:
+        """ "open" (not committed yet), "committed" or "aborted"; after an in-doubt commit
+        this settles it (an unfinished one is aborted), raising in_doubt=True if the cluster
+        cannot tell yet."""
+        with txn.lock:
+            if txn.in_doubt:
+                try:
+                    self._settle(txn)
+                except RaftstoreError as exc:
+                    if exc.in_doubt:
+                        raise
+            return {TXN_STATE_COMMITTED: "committed", TXN_STATE_ABORTED: "aborted"}.get(
+                txn.state, "open"
+            )
+
+    def _settle(self, txn: Transaction) -> None:
+        """Learn the outcome of an in-doubt commit (txn.lock held): committed returns,
+        aborted raises the definite error, unknown raises in_doubt=True."""
+        first = txn.keys.first
+        assert first is not None
+        reads, writes = txn.commit_parts()
+        message = wire.TxnCommitMsg(
+            first.namespace, txn.id, first.digest, max(txn.time_left_ms(), 0), reads, writes, True
+        )
+        last: RaftstoreError | None = None
+        for _ in range(SETTLE_ATTEMPTS):
+            call = self.exchange(first.namespace, first.partition_id, message, _commit_policy(0))
+            if call.error is None:
+                txn.state, txn.in_doubt = TXN_STATE_COMMITTED, False
+                return
+            last = call.error
+            if not last.in_doubt and is_definite(last.code):
+                txn.state, txn.in_doubt = TXN_STATE_ABORTED, False
+                raise last
+        assert last is not None
+        raise error(last.code, f"transaction {txn.id} outcome unknown: {last.msg}", in_doubt=True)
+
+    def _txn_record(
+        self,
+        cluster: Cluster,
+        *,
+        txn: Transaction,
+        kind: str,
+        ref: KeyRef,
+        ops: tuple[Op, ...],
+        policy: Policy,
+        meta: Meta | None,
+    ) -> wire.Response:
+        with txn.lock:
+            txn.enter(ref)
+            now = _now_ms()
+            if is_read_only(ops):
+                self._txn_fetch(cluster, txn, [ref], policy)
+                view = txn.view(ref, now)
+                if view is None:
+                    raise error(ResultCode.RECORD_NOT_FOUND, "record does not exist")
+                outcome = apply_local(view, ref, ops, DEFAULT_WRITE_POLICY, now)
+                return _local_response(view, outcome.results, now)
+            write_policy = policy.write_policy(meta)
+            if kind != "operate":  # put, remove: blind writes, checked at commit
+                txn.buffer(ref, ops, write_policy, policy.send_key)
+                return wire.Response()
+            self._txn_fetch(cluster, txn, [ref], policy)
+            outcome = apply_local(txn.view(ref, now), ref, ops, write_policy, now)
+            txn.buffer(ref, ops, write_policy, policy.send_key)
+            return _local_response(outcome.record, outcome.results, now)
+
+    def _txn_fetch(
+        self, cluster: Cluster, txn: Transaction, refs: Sequence[KeyRef], policy: Policy
+    ) -> None:
+        """Read (linearizably, in one round) the keys the transaction has not read yet."""
+        wanted = {ref.digest: ref for ref in refs if txn.cached(ref.digest) is None}
+        if not wanted:
+            return
+        read_policy = replace(policy, read_mode=wire.ReadMode.LINEARIZE)
+        calls = [
+            self._call(cluster, ref, (op.read(),), read_policy, None) for ref in wanted.values()
+        ]
+        cluster.run(calls)
+        now = _now_ms()
+        for ref, call in zip(wanted.values(), calls, strict=True):
+            if call.error is not None:
+                if call.error.code != ResultCode.RECORD_NOT_FOUND:
+                    call.error.key = ref.as_tuple()
+                    raise call.error
+                txn.remember(ref.digest, None)
+                continue
+            response = call.raise_for_error()
+            record = record_from_read(ref, response, _bins(response.results), now)
+            txn.remember(ref.digest, record)
+
+    def _txn_batch_read(
+        self, txn: Transaction, refs: list[KeyRef], ops: tuple[Op, ...], policy: Policy
+    ) -> list[BatchRecord]:
+        cluster = self._live()
+        with txn.lock:
+            for ref in refs:
+                txn.enter(ref)
+            self._txn_fetch(cluster, txn, refs, policy)
+            now = _now_ms()
+            results = []
+            for ref in refs:
+                view = txn.view(ref, now)
+                if view is None:
+                    results.append(BatchRecord(ref.as_tuple(), ResultCode.RECORD_NOT_FOUND, None))
+                    continue
+                outcome = apply_local(view, ref, ops, DEFAULT_WRITE_POLICY, now)
+                response = _local_response(view, outcome.results, now)
+                found = {k: v for k, v in _bins(response.results).items() if v is not None}
+                record = (ref.as_tuple(), _meta(response), found)
+                results.append(BatchRecord(ref.as_tuple(), 0, record))
+            return results
+
     # -- batches --------------------------------------------------------------------------------
 
     def batch_read(
@@ -304,9 +520,12 @@ class Client:
         """One `BatchRecord` per key, in key order: every bin (bins None), the named bins, or
         only the metadata (bins empty: the record's bins are then `{}`)."""
         refs = [parse_key(key) for key in _items(keys, "keys")]
-        resolved = self._policy("batch", policy)
+        txn, rest = _take_txn(policy)
+        resolved = self._policy("batch", rest)
         names = None if bins is None else _bin_names(bins, allow_empty=True)
         ops = (op.read(),) if not names else tuple(op.read(name) for name in names)
+        if txn is not None:
+            return self._txn_batch_read(txn, refs, ops, resolved)
 
         def shape(response: wire.Response) -> Bins:
             if names is None:
@@ -777,6 +996,111 @@ def _scan_record(namespace: str, record: Any) -> RecordTuple:
         raise error(ResultCode.PROTOCOL_ERROR, "scan record has a bad field")
     key: KeyTuple = (namespace, set_name or None, user_key, digest)
     return key, {"gen": generation, "ttl": ttl}, bins
+
+
+class TransactionContext:
+    """The `with client.transaction()` form: the record methods of `Client`, joined to one
+    `Transaction` (`txn`)."""
+
+    def __init__(self, client: Client, txn: Transaction) -> None:
+        self.client = client
+        self.txn = txn
+
+    def __enter__(self) -> TransactionContext:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.client.commit(self.txn)
+        elif not self.txn.in_doubt:
+            self.client.abort(self.txn)
+
+    def _policy(self, policy: Mapping[str, Any] | None) -> dict[str, Any]:
+        return {**(policy or {}), "txn": self.txn}
+
+    def get(self, key: object, policy: Mapping[str, Any] | None = None) -> RecordTuple:
+        return self.client.get(key, self._policy(policy))
+
+    def select(
+        self, key: object, bins: Sequence[str], policy: Mapping[str, Any] | None = None
+    ) -> RecordTuple:
+        return self.client.select(key, bins, self._policy(policy))
+
+    def exists(
+        self, key: object, policy: Mapping[str, Any] | None = None
+    ) -> tuple[KeyTuple, MetaDict | None]:
+        return self.client.exists(key, self._policy(policy))
+
+    def put(
+        self,
+        key: object,
+        bins: Mapping[str, Any],
+        meta: Mapping[str, int] | None = None,
+        policy: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.client.put(key, bins, meta, self._policy(policy))
+
+    def operate(
+        self,
+        key: object,
+        ops: Sequence[Op],
+        meta: Mapping[str, int] | None = None,
+        policy: Mapping[str, Any] | None = None,
+    ) -> RecordTuple:
+        return self.client.operate(key, ops, meta, self._policy(policy))
+
+    def remove(
+        self,
+        key: object,
+        meta: Mapping[str, int] | None = None,
+        policy: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.client.remove(key, meta, self._policy(policy))
+
+    def batch_read(
+        self,
+        keys: Sequence[object],
+        bins: Sequence[str] | None = None,
+        policy: Mapping[str, Any] | None = None,
+    ) -> list[BatchRecord]:
+        return self.client.batch_read(keys, bins, self._policy(policy))
+
+
+def _take_txn(policy: object) -> tuple[Transaction | None, object]:
+    """The policy's `txn` (a `Transaction`), and the policy without it."""
+    if not isinstance(policy, Mapping) or "txn" not in policy:
+        return None, policy
+    txn = policy["txn"]
+    if not isinstance(txn, Transaction):
+        raise param_error(f"policy 'txn' must be a client.Transaction, not {type(txn).__name__}")
+    rest = {name: value for name, value in policy.items() if name != "txn"}
+    return txn, rest
+
+
+def _commit_policy(time_left_ms: int) -> Policy:
+    """A commit waits for the coordinator (up to the deadline, and its resolves after it);
+    it is never resent: an unknown answer is settled by asking, not by committing again."""
+    wait_ms = time_left_ms + COMMIT_MARGIN_MS
+    return Policy(total_timeout_ms=wait_ms, socket_timeout_ms=wait_ms, max_retries=0)
+
+
+def _local_response(
+    record: Record | None, results: Sequence[tuple[str | None, Any]], now_ms: int
+) -> wire.Response:
+    if record is None or record.tombstone:
+        return wire.Response(results=tuple(results))
+    return wire.Response(
+        generation=record.generation, ttl=ttl_of(record, now_ms), results=tuple(results)
+    )
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 def client(config: Mapping[str, Any]) -> Client:

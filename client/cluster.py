@@ -112,7 +112,7 @@ class Call:
     def __init__(
         self,
         target: Target,
-        message: wire.RecordMsg | wire.ScanMsg,
+        message: wire.RecordMsg | wire.ScanMsg | wire.TxnCommitMsg | wire.TxnStepMsg,
         *,
         is_write: bool,
         policy: Policy,

@@ -1,4 +1,4 @@
-"""What each worker asks next, and when: Jepsen's generators, for our two workloads.
+"""What each worker asks next, and when: Jepsen's generators, for our workloads.
 
 Rules:
 - An `Invocation` is one operation a worker is about to invoke: its function `f`, its
@@ -16,6 +16,14 @@ Rules:
   a write instead.
 - set (`SetGenerator`): adds of unique integers, and now and then (`read_fraction`) a read
   of the whole set.
+- bank (`BankGenerator`), as Jepsen's bank test: a read of every account (`read_fraction`
+  of the invocations, half by default), else a `transfer` {from, to, amount} between two
+  distinct accounts of an amount in 1..`transfer_max`.
+- list-append (`ListAppendGenerator`), as Elle's: a `txn` of 1..`micro_ops_max` micro-ops,
+  each `["r", k, None]` or `["append", k, element]` (even odds) on a key drawn from
+  `keys_active` keys in use. Elements are unique in the whole run (one counter), so a read
+  names exactly which appends it saw. A key takes at most `appends_per_key` appends and is
+  then replaced by a fresh key, so lists stay short.
 - Pacing (`Pacer`): each worker waits a uniform random interval in [0, 2 * concurrency /
   rate] between invocations (Jepsen's stagger), on its own schedule, so the workers together
   invoke about `rate` operations per second. A worker that fell behind (slow answers) does
@@ -34,6 +42,14 @@ REGISTER_KEYS_ACTIVE_DEFAULT = 10
 REGISTER_OPS_PER_KEY_DEFAULT = 100
 REGISTER_FUNCTIONS = ("read", "write", "cas")
 SET_READ_FRACTION_DEFAULT = 0.01
+BANK_ACCOUNTS_DEFAULT = 8
+BANK_TRANSFER_MAX_DEFAULT = 5
+BANK_READ_FRACTION_DEFAULT = 0.5
+BANK_ACCOUNTS_MAX = 1000
+LIST_APPEND_KEYS_ACTIVE_DEFAULT = 5
+LIST_APPEND_MICRO_OPS_MAX_DEFAULT = 4
+LIST_APPEND_APPENDS_PER_KEY_DEFAULT = 32
+MICRO_OPS_MAX = 100
 CATCH_UP_S = 1.0
 KEYS_ACTIVE_MAX = 10_000
 OPS_PER_KEY_MAX = 100_000
@@ -124,6 +140,86 @@ class SetGenerator:
             element = self._next_element
             self._next_element += 1
         return Invocation("add", element)
+
+    def update(self, invocation: Invocation, outcome: str, value: Any) -> None:
+        return None
+
+
+class BankGenerator:
+    """Reads of every account and transfers between two of them (see the module rules)."""
+
+    def __init__(
+        self,
+        accounts: int = BANK_ACCOUNTS_DEFAULT,
+        transfer_max: int = BANK_TRANSFER_MAX_DEFAULT,
+        read_fraction: float = BANK_READ_FRACTION_DEFAULT,
+    ) -> None:
+        if not 2 <= accounts <= BANK_ACCOUNTS_MAX:
+            raise ValueError(f"accounts must be in 2..{BANK_ACCOUNTS_MAX}, not {accounts}")
+        if transfer_max < 1:
+            raise ValueError(f"transfer_max must be >= 1, not {transfer_max}")
+        if not 0.0 <= read_fraction <= 1.0:
+            raise ValueError(f"read_fraction must be in [0, 1], not {read_fraction}")
+        self.accounts = accounts
+        self.transfer_max = transfer_max
+        self.read_fraction = read_fraction
+
+    def next(self, rng: random.Random) -> Invocation:
+        if rng.random() < self.read_fraction:
+            return Invocation("read")
+        source, target = rng.sample(range(self.accounts), 2)
+        amount = rng.randint(1, self.transfer_max)
+        return Invocation("transfer", {"from": source, "to": target, "amount": amount})
+
+    def update(self, invocation: Invocation, outcome: str, value: Any) -> None:
+        return None
+
+
+class ListAppendGenerator:
+    """Elle's transactions of reads and unique appends over a rotating pool of keys."""
+
+    def __init__(
+        self,
+        keys_active: int = LIST_APPEND_KEYS_ACTIVE_DEFAULT,
+        micro_ops_max: int = LIST_APPEND_MICRO_OPS_MAX_DEFAULT,
+        appends_per_key: int = LIST_APPEND_APPENDS_PER_KEY_DEFAULT,
+    ) -> None:
+        if not 1 <= keys_active <= KEYS_ACTIVE_MAX:
+            raise ValueError(f"keys_active must be in 1..{KEYS_ACTIVE_MAX}, not {keys_active}")
+        if not 1 <= micro_ops_max <= MICRO_OPS_MAX:
+            raise ValueError(f"micro_ops_max must be in 1..{MICRO_OPS_MAX}, not {micro_ops_max}")
+        if not 1 <= appends_per_key <= OPS_PER_KEY_MAX:
+            raise ValueError(
+                f"appends_per_key must be in 1..{OPS_PER_KEY_MAX}, not {appends_per_key}"
+            )
+        self.micro_ops_max = micro_ops_max
+        self.appends_per_key = appends_per_key
+        self._lock = threading.Lock()
+        self._active: list[int] = list(range(keys_active))
+        self._next_key = keys_active
+        self._next_element = 1
+        self._appended: dict[int, int] = {}  # key -> appends handed out
+
+    @property
+    def keys_used(self) -> int:
+        return self._next_key
+
+    def next(self, rng: random.Random) -> Invocation:
+        micro_ops: list[tuple[str, int, Any]] = []
+        with self._lock:
+            for _ in range(rng.randint(1, self.micro_ops_max)):
+                slot = rng.randrange(len(self._active))
+                key = self._active[slot]
+                if rng.random() < 0.5:
+                    micro_ops.append(("r", key, None))
+                    continue
+                micro_ops.append(("append", key, self._next_element))
+                self._next_element += 1
+                self._appended[key] = self._appended.get(key, 0) + 1
+                if self._appended[key] >= self.appends_per_key:  # the key's last append
+                    self._active[slot] = self._next_key
+                    self._next_key += 1
+        return Invocation("txn", tuple(micro_ops))
 
     def update(self, invocation: Invocation, outcome: str, value: Any) -> None:
         return None

@@ -6,7 +6,9 @@ Theory of operation. A run goes through phases, each bounded in time:
    without a network namespace of our own. Make the run's directory
    `store/<test>/<YYYYmmddTHHMMSS>/`. When namespaces are available, create one, enter it
    in this (the main) thread, so that every thread started afterwards is inside too, and
-   start a fresh cluster there; else start it on 127.0.0.1.
+   start a fresh cluster there; else start it on 127.0.0.1. Then the workload's own
+   setup, if it has one (bank: the accounts), retried with fresh clients until it
+   succeeds, within `SETUP_TIMEOUT_S` (else the run crashes: nothing could be tested).
 2. Main phase (`time_limit_s`). `concurrency` worker threads, each a Jepsen process, invoke
    the workload's operations at about `rate` per second in all; a nemesis thread runs the
    seeded fault schedule (`nemesis.Combined`). Each worker has its own SDK client. After an
@@ -77,6 +79,7 @@ NEMESIS_JOIN_S = 90.0  # a fault's stop may restart nodes (the launcher waits up
 FINAL_READERS_MAX = 2
 FINAL_READ_ATTEMPTS_MAX = 10
 FINAL_READS_TIMEOUT_S = 60.0
+SETUP_TIMEOUT_S = 60.0
 CONNECT_BACKOFF_S = 0.2
 PROGRESS_INTERVAL_S = 0.5
 CHECK_TIME_LIMIT_S_DEFAULT = 300.0
@@ -97,6 +100,10 @@ CONNECT_TIMEOUT_MS = 1000
 
 class Refused(Exception):
     """This run cannot be made here (one line saying why); nothing was started."""
+
+
+class SetupFailed(Exception):
+    """The workload's setup did not succeed in time (one line saying why)."""
 
 
 @dataclass(frozen=True)
@@ -335,6 +342,30 @@ class Workers:
         if completion.type == "info":
             self.processes[number] = process + self.concurrency
         return completion
+
+    def set_up(self, timeout_s: float) -> None:
+        """The workload's setup, each attempt with a fresh client, until one succeeds;
+        `SetupFailed` after `timeout_s`. Nothing is recorded in the history."""
+        setup = self.workload.setup
+        if setup is None:
+            return
+        deadline = time.monotonic() + timeout_s
+        rng = random.Random(f"{self.seed}/setup")
+        last = "no node answered"
+        while time.monotonic() < deadline:
+            database = self._connect(rng, deadline)
+            if database is None:
+                continue
+            try:
+                setup(database)
+                return
+            except (RaftstoreError, OSError) as exc:
+                last = f"{type(exc).__name__}: {exc}"
+                log.debug("setup failed", error=last)
+            finally:
+                _close(database)
+            self.stop.wait(min(CONNECT_BACKOFF_S, max(0.0, deadline - time.monotonic())))
+        raise SetupFailed(f"{self.workload.name} setup failed for {timeout_s:g} s: {last}")
 
     def final_reads(self, invocations: Sequence[Invocation], timeout_s: float) -> int:
         """Each of a few processes performs each final invocation until it is ok; the
@@ -592,7 +623,12 @@ class Run:
             crash = "interrupted (Ctrl-C)"
         except SystemExit as exc:  # SIGTERM or SIGHUP, through netns.close_at_exit
             crash = f"stopped by a signal (exit status {exc.code})"
-        except (ClusterError, NamespaceError, nemesis_module.NemesisUnavailable) as exc:
+        except (
+            ClusterError,
+            NamespaceError,
+            nemesis_module.NemesisUnavailable,
+            SetupFailed,
+        ) as exc:
             crash = f"{type(exc).__name__}: {exc}"
         except Exception as exc:
             crash = f"{type(exc).__name__}: {exc}"
@@ -654,6 +690,9 @@ class Run:
                 rate=config.rate,
                 seed=config.seed,
             )
+            if self.workload.setup is not None:
+                self.phase(f"setting up the {self.workload.name} workload")
+                workers.set_up(SETUP_TIMEOUT_S)
             nemesis = NemesisThread(schedule, self.recorder, config.seed)
             outcome = drive(workers, nemesis, config.time_limit_s, self.progress)
             if outcome.stuck:

@@ -1,8 +1,10 @@
 """The bytes of a Raft log entry: a batch of state-machine commands.
 
 An entry is the msgpack array `[ENTRY_FORMAT, [command, ...]]`, each command an array
-tagged by its type. Values inside operations go through `raftstore.codec` (GeoJSON as an
-extension type). `decode_batch` checks the shape of everything and raises PROTOCOL_ERROR
+tagged by its type: the engine's commands (`raftstore.commands`) by tags 1..5, the
+transaction commands (`raftstore.txn_commands`, their own wire form) by tags 10..15; a
+`LogCommand` is either. Values inside operations go through `raftstore.codec` (GeoJSON as
+an extension type). `decode_batch` checks the shape of everything and raises PROTOCOL_ERROR
 for anything else; the caller turns that into per-command failures, never into a crash.
 
 msgpack nests by concatenation, so a command is encoded once (`encode_command`, when it is
@@ -21,9 +23,20 @@ from raftstore.commands import Barrier, Command, Expire, RecordRequest, TombRaid
 from raftstore.errors import RaftstoreError, ResultCode, error
 from raftstore.ops import Op, OpCode
 from raftstore.policy import Exists, Gen, WritePolicy
+from raftstore.txn_commands import (
+    TXN_COMMAND_TYPES,
+    TXN_TAGS,
+    TxnCommand,
+    txn_command_from_wire,
+    txn_command_to_wire,
+)
+
+LogCommand = Command | TxnCommand
+"""Anything a log entry carries: what `StateMachine.apply_batch` applies."""
 
 ENTRY_FORMAT = 1
 _RECORD, _TRUNCATE, _EXPIRE, _TOMB_RAID, _BARRIER = 1, 2, 3, 4, 5
+assert not TXN_TAGS & {_RECORD, _TRUNCATE, _EXPIRE, _TOMB_RAID, _BARRIER}
 _ENTRY_HEAD = b"\x92" + codec.pack_value(ENTRY_FORMAT)  # fixarray of 2, then the format
 _ARRAY16 = struct.Struct(">BH")
 _ARRAY32 = struct.Struct(">BI")
@@ -31,11 +44,11 @@ _FIXARRAY_LENGTH_MAX = 15
 _ARRAY16_LENGTH_MAX = 0xFFFF
 
 
-def encode_batch(commands: Sequence[Command]) -> bytes:
+def encode_batch(commands: Sequence[LogCommand]) -> bytes:
     return codec.pack_value([ENTRY_FORMAT, [_encode(command) for command in commands]])
 
 
-def encode_command(command: Command) -> bytes:
+def encode_command(command: LogCommand) -> bytes:
     """One command's bytes inside an entry; raises for a value msgpack cannot encode."""
     return codec.pack_value(_encode(command))
 
@@ -52,7 +65,7 @@ def join_batch(encoded: Sequence[bytes]) -> bytes:
     return b"".join((_ENTRY_HEAD, head, *encoded))
 
 
-def decode_batch(entry: bytes) -> list[Command]:
+def decode_batch(entry: bytes) -> list[LogCommand]:
     try:
         version, commands = codec.unpack_value(entry)
         if version != ENTRY_FORMAT:
@@ -118,7 +131,7 @@ def decode_policy(raw: Any) -> WritePolicy:
     return policy
 
 
-def _encode(command: Command) -> list[Any]:
+def _encode(command: LogCommand) -> list[Any]:
     if isinstance(command, RecordRequest):
         return [
             _RECORD,
@@ -138,11 +151,13 @@ def _encode(command: Command) -> list[Any]:
         return [_EXPIRE, command.now_ms, list(command.digests)]
     if isinstance(command, TombRaid):
         return [_TOMB_RAID, command.now_ms]
+    if isinstance(command, TXN_COMMAND_TYPES):
+        return txn_command_to_wire(command)
     assert isinstance(command, Barrier), command
     return [_BARRIER]
 
 
-def _decode(raw: Any) -> Command:
+def _decode(raw: Any) -> LogCommand:
     tag = raw[0]
     if tag == _RECORD:
         _, client_id, seq, acked, now_ms, digest, set_name, ops, policy, user_key = raw
@@ -167,4 +182,6 @@ def _decode(raw: Any) -> Command:
         return TombRaid(int(raw[1]))
     if tag == _BARRIER:
         return Barrier()
+    if tag in TXN_TAGS:
+        return txn_command_from_wire(raw)
     raise error(ResultCode.PROTOCOL_ERROR, f"unknown command tag {tag!r}")

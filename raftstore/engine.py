@@ -9,6 +9,13 @@ rebuilt from the device at the next open.
 
 Batches at or below the applied position are skipped (`apply` returns None): Raft replays
 entries after a restart, and they must not be applied twice.
+
+Reads (no log) each take one LMDB read transaction, so what one read returns is consistent:
+`read` (a record under a transaction's write intent answers MRT_BLOCKED naming the
+transaction; a read lock does not block), `locked_view` (a record and its intent together)
+and `read_record` (what `read` answers for a record the caller chose, e.g. a roll-forward:
+docs/transactions.md), and the transaction tables' views for the node: `txn_record`,
+`txn_outcome`, `intents_past_deadline`, `forget_candidates`.
 """
 
 from __future__ import annotations
@@ -21,8 +28,9 @@ from pathlib import Path
 
 import structlog
 
-from raftstore import codec, operations
-from raftstore.commands import Command, Result, failure
+from raftstore import codec, operations, txn_participant
+from raftstore.command_codec import LogCommand
+from raftstore.commands import Result, failure
 from raftstore.config import NamespaceConfig
 from raftstore.errors import RaftstoreError, ResultCode, error
 from raftstore.index import IndexStats, PrimaryIndex
@@ -32,8 +40,21 @@ from raftstore.policy import DEFAULT_WRITE_POLICY
 from raftstore.record import Record, RecordMeta
 from raftstore.state_machine import CommandCrashed, StateMachine, load_sets, read_applied_index
 from raftstore.store import LmdbStore
+from raftstore.txn_commands import TxnState
+from raftstore.txn_participant import (
+    TXN_TABLES,
+    Blocker,
+    Intent,
+    TxnRecord,
+    blocked_result,
+    decode_intent,
+    read_needs_home,
+)
 
 log = structlog.get_logger(__name__)
+
+# Enum members as module constants: cheaper on the read path (see state_machine.py).
+_RECORDS, _INTENTS = Table.RECORDS, TXN_TABLES.intents
 
 
 class Engine:
@@ -82,7 +103,7 @@ class Engine:
 
     # -- writes ------------------------------------------------------------------------------
 
-    def apply(self, log_index: int, commands: Sequence[Command]) -> list[Result] | None:
+    def apply(self, log_index: int, commands: Sequence[LogCommand]) -> list[Result] | None:
         """Apply a batch at `log_index`; None if that position is already applied."""
         if log_index <= self.applied_index:
             return None
@@ -110,11 +131,35 @@ class Engine:
     # -- reads -------------------------------------------------------------------------------
 
     def read(self, digest: bytes, ops: Sequence[Op], now_ms: int) -> Result:
-        """Apply read-only `ops` to the committed record (no log, no session)."""
+        """Apply read-only `ops` to the committed record (no log, no session). A record under
+        a transaction's write intent answers MRT_BLOCKED naming the transaction
+        (`txn_participant.blocker_of`): the node settles it with the home group and answers
+        through `locked_view` and `read_record`. A read lock does not block a read."""
         try:
-            if not ops or not is_read_only(list(ops)):
-                raise error(ResultCode.PARAMETER_ERROR, "a read takes only read operations")
-            record = self.get(digest)
+            _check_read_ops(ops)
+            with self.store.begin() as txn:  # as `locked_view`, inline: every read runs it
+                raw_intent = txn.get(_INTENTS, digest)
+                raw = txn.get(_RECORDS, digest)
+            if raw_intent is not None:
+                intent = decode_intent(raw_intent)
+                if read_needs_home(intent):
+                    return blocked_result(intent)
+            record = None if raw is None else codec.decode_record(raw)
+        except RaftstoreError as exc:
+            return failure(exc.code, exc.msg)
+        return self._read(record, ops, now_ms)
+
+    def read_record(self, record: Record | None, ops: Sequence[Op], now_ms: int) -> Result:
+        """What `read` answers for read-only `ops` on `record` (None: absent): the same codes,
+        RECORD_NOT_FOUND for an absent, deleted or expired record."""
+        try:
+            _check_read_ops(ops)
+        except RaftstoreError as exc:
+            return failure(exc.code, exc.msg)
+        return self._read(record, ops, now_ms)
+
+    def _read(self, record: Record | None, ops: Sequence[Op], now_ms: int) -> Result:
+        try:
             outcome = operations.operate(
                 record,
                 ops,
@@ -139,6 +184,42 @@ class Engine:
         with self.store.begin() as txn:
             raw = txn.get(Table.RECORDS, digest)
         return None if raw is None else codec.decode_record(raw)
+
+    def locked_view(self, digest: bytes) -> tuple[Intent | None, Record | None]:
+        """The intent on the record (None: unlocked) and the stored record (as `get`), read in
+        one read transaction; RECORD_CORRUPT raises."""
+        with self.store.begin() as txn:
+            raw_intent = txn.get(_INTENTS, digest)
+            raw = txn.get(_RECORDS, digest)
+        intent = None if raw_intent is None else decode_intent(raw_intent)
+        return intent, None if raw is None else codec.decode_record(raw)
+
+    # -- transaction tables (docs/transactions.md) ------------------------------------------------
+
+    def txn_record(self, txn_id: int) -> TxnRecord | None:
+        """The transaction record, if this is the home group and it has one."""
+        with self.store.begin() as txn:
+            return txn_participant.txn_record_of(txn, txn_id, tables=TXN_TABLES)
+
+    def txn_outcome(self, txn_id: int) -> TxnState | None:
+        """What this group knows of the transaction (`txn_participant.outcome_in_group`)."""
+        with self.store.begin() as txn:
+            return txn_participant.outcome_in_group(txn, txn_id, tables=TXN_TABLES)
+
+    def intents_past_deadline(self, now_ms: int, limit: int) -> list[Blocker]:
+        """Up to `limit` transactions holding intents here past their deadline: for the
+        node's recovery sweep."""
+        with self.store.begin() as txn:
+            return txn_participant.intents_past_deadline(
+                txn, now_ms, tables=TXN_TABLES, limit=limit
+            )
+
+    def forget_candidates(self, now_ms: int, limit: int) -> tuple[int, ...]:
+        """Up to `limit` txn ids a `TxnForget` at `now_ms` would forget something of."""
+        with self.store.begin() as txn:
+            return txn_participant.forget_candidates(
+                txn, now_ms, tables=TXN_TABLES, namespace=self.namespace, limit=limit
+            )
 
     def metadata(self, digest: bytes) -> RecordMeta | None:
         return self.index.get(digest)
@@ -220,3 +301,8 @@ class Engine:
 
     def close(self) -> None:
         self.store.close()
+
+
+def _check_read_ops(ops: Sequence[Op]) -> None:
+    if not ops or not is_read_only(list(ops)):
+        raise error(ResultCode.PARAMETER_ERROR, "a read takes only read operations")

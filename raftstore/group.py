@@ -56,8 +56,9 @@ Background jobs
 `run_jobs(now_ms)`, called by the server on a timer, proposes on the leader only: an `Expire`
 of candidates from the RAM index (records past their void time; a resumable sweep over the
 partitions, bounded per call, one Expire in flight at a time) and, at most once per
-namespace `tomb_raider_period_s`, a `TombRaid`. The state machine checks every candidate
-again, so a stale candidate costs nothing.
+namespace `tomb_raider_period_s`, a `TombRaid` together with a `TxnForget` of up to
+TXN_FORGET_IDS_MAX transactions the engine lists as past their horizon (none if it lists
+none). The state machine checks every candidate again, so a stale candidate costs nothing.
 
 Ownership: the caller builds the engine, the apply function (`make_apply(engine)`) and the
 log, and closes them after `close()` (runtime first, then the log, then the engine).
@@ -79,16 +80,19 @@ import structlog
 
 from raftstore import command_codec, limits
 from raftstore.clock import is_expired
-from raftstore.commands import Barrier, Command, Expire, Result, TombRaid, failure
+from raftstore.command_codec import LogCommand
+from raftstore.commands import Barrier, Expire, Result, TombRaid, failure
 from raftstore.engine import Engine
 from raftstore.errors import RaftstoreError, ResultCode
 from raftstore.ops import Op
 from raftstore.record import RecordMeta
 from raftstore.replication import ApplyFn, LogStatus, Outcome, Proposal, ReplicatedLog, Role
+from raftstore.txn_commands import TxnForget
 
 log = structlog.get_logger(__name__)
 
 THREAD_JOIN_S = 10.0  # close() waits this long for the worker before giving up on it
+TXN_FORGET_IDS_MAX = 256  # transactions one TxnForget names (about 2.3 KiB of entry)
 
 W = TypeVar("W")
 R = TypeVar("R")
@@ -357,7 +361,7 @@ not raise (an exception is logged and the other answers still go out)."""
 class QueuedWrite:
     """A write waiting in the `Batcher` for its log entry, encoded once when queued."""
 
-    command: Command
+    command: LogCommand
     encoded: bytes
     reply: Reply
 
@@ -463,13 +467,13 @@ class GroupRuntime:
 
     # -- requests ----------------------------------------------------------------------------
 
-    def submit(self, command: Command) -> Future[Result]:
+    def submit(self, command: LogCommand) -> Future[Result]:
         """Propose a write; the future answers as the module docstring says."""
         future, reply = _future_reply()
         self.submit_to(command, reply)
         return future
 
-    def submit_to(self, command: Command, reply: Reply) -> None:
+    def submit_to(self, command: LogCommand, reply: Reply) -> None:
         """`submit`, answering through `reply` instead of a future."""
         if not self._log.is_leader():
             reply(failure(ResultCode.NOT_LEADER, f"{self._log.node_id} is not the leader"))
@@ -515,8 +519,8 @@ class GroupRuntime:
 
     def run_jobs(self, now_ms: int) -> list[Future[Result]]:
         """On the leader: propose expiry of records past their void time and, when due, a
-        tomb raid. Returns the futures of what it proposed (none on a follower). Call it from
-        one thread (the server's timer)."""
+        tomb raid and a TxnForget (if there is something to forget). Returns the futures of
+        what it proposed (none on a follower). Call it from one thread (the server's timer)."""
         if self._closed or not self._log.is_leader():
             return []
         futures: list[Future[Result]] = []
@@ -531,6 +535,9 @@ class GroupRuntime:
         if tomb_raid_due(self._last_raid_ms, now_ms, period_s):
             self._last_raid_ms = now_ms
             futures.append(self.submit(TombRaid(now_ms)))
+            forgettable = self._forget_candidates(now_ms)
+            if forgettable:
+                futures.append(self.submit(TxnForget(now_ms, forgettable)))
         if futures:
             log.info("jobs_proposed", node=self._log.node_id, jobs=len(futures), now_ms=now_ms)
         return futures
@@ -661,7 +668,7 @@ class GroupRuntime:
         elif self._worker_lingering and self._batcher.full():
             self._wake.notify()
 
-    def _enqueue(self, command: Command, reply: Reply) -> None:
+    def _enqueue(self, command: LogCommand, reply: Reply) -> None:
         try:
             encoded = command_codec.encode_command(command)
         except Exception as exc:
@@ -751,3 +758,10 @@ class GroupRuntime:
 
     def _partition_metas(self, partition_id: int) -> list[tuple[bytes, RecordMeta]]:
         return self._engine.partition_metas(partition_id)
+
+    def _forget_candidates(self, now_ms: int) -> tuple[int, ...]:
+        try:
+            return self._engine.forget_candidates(now_ms, TXN_FORGET_IDS_MAX)
+        except RaftstoreError as exc:  # a corrupt row: the tomb raid still goes, and is logged
+            log.error("forget_candidates_failed", node=self._log.node_id, reason=exc.msg)
+            return ()

@@ -25,6 +25,9 @@ class Table(enum.Enum):
     CLIENTS = b"clients"  # client id (8 B) -> session floor, last-seen time, answered bound
     SETS = b"sets"  # set name (UTF-8) -> set id (2 B)
     META = b"meta"  # small named values: the applied log position, the format version
+    # Multi-record transactions (`raftstore.txn_participant`, docs/transactions.md):
+    INTENTS = b"intents"  # digest -> the intent locking that record
+    TXNS = b"txns"  # kind (1 B) + txn id (8 B) -> a transaction record or this group's marker
 
     # Every read and write looks its table up in a dict: Enum's own __hash__ is Python code
     # (hash of the name); members are singletons compared by identity, so the identity hash

@@ -23,6 +23,18 @@ Rules:
 - A bug inside one command (any exception that is not a `RaftstoreError`) is reported as
   `CommandCrashed` with the command's position; the caller aborts the transaction and applies
   the batch again with that position answered SERVER_ERROR, on every replica alike.
+
+Transactions (docs/transactions.md). Transaction commands (`raftstore.txn_commands`) go to
+`txn_participant.apply_txn_command`, through `_TxnRecords`: the participant reads and writes
+records only through it, so encoding, set ids and index changes stay this module's. They have
+no session: each is idempotent by its transaction's marker. Locks:
+- A `RecordRequest` on a digest that carries an intent answers MRT_BLOCKED naming the
+  blocking transaction (`txn_participant.blocked_result`) and changes nothing; a read-only
+  one on a read-locked record reads it (a read lock never changes the record). One intents
+  lookup per request, after the session lookup (a repeat gets its first answer).
+- `Expire`, `Truncate` and `TombRaid` skip digests that carry an intent: a provisional value
+  was computed from the locked record, so the record must stay as it is; a later pass takes
+  them.
 """
 
 from __future__ import annotations
@@ -33,9 +45,9 @@ from dataclasses import dataclass, field
 
 from raftstore import codec, keys, limits, operations
 from raftstore.clock import is_expired
+from raftstore.command_codec import LogCommand
 from raftstore.commands import (
     Barrier,
-    Command,
     Expire,
     RecordRequest,
     Result,
@@ -49,7 +61,15 @@ from raftstore.config import NamespaceConfig
 from raftstore.errors import RaftstoreError, ResultCode, error
 from raftstore.index import PrimaryIndex
 from raftstore.kv import KvTxn, Table
+from raftstore.ops import is_read_only
 from raftstore.record import MetaFields, Record, next_generation
+from raftstore.txn_commands import TXN_COMMAND_TYPES
+from raftstore.txn_participant import (
+    TXN_TABLES,
+    apply_txn_command,
+    blocked_result,
+    decode_intent,
+)
 
 APPLIED_KEY = b"applied_index"
 SESSION_IDLE_MS_MAX = 3600 * 1000  # a client silent this long is forgotten by the tomb raider
@@ -59,6 +79,7 @@ SESSION_DIRECT_DELETES_MAX = 32
 # enum's metaclass (about 0.1 us, CPython 3.11); the hot path names tables several times a
 # command.
 _RECORDS, _SESSIONS, _CLIENTS = Table.RECORDS, Table.SESSIONS, Table.CLIENTS
+_INTENTS = TXN_TABLES.intents
 _OK = ResultCode.OK
 
 _U64 = struct.Struct(">Q")
@@ -136,7 +157,7 @@ class StateMachine:
         self,
         txn: KvTxn,
         log_index: int,
-        commands: Sequence[Command],
+        commands: Sequence[LogCommand],
         crashed: frozenset[int] = frozenset(),
     ) -> AppliedBatch:
         applied = read_applied_index(txn)
@@ -170,11 +191,19 @@ class StateMachine:
 
     # -- commands ----------------------------------------------------------------------------
 
-    def _apply(self, batch: _Batch, command: Command, position: int) -> Result:
+    def _apply(self, batch: _Batch, command: LogCommand, position: int) -> Result:
         if type(command) is RecordRequest:  # the common case first, by the exact type
             return self._apply_request(batch, command, position)
         if isinstance(command, RecordRequest):
             return self._apply_request(batch, command, position)
+        if isinstance(command, TXN_COMMAND_TYPES):
+            return apply_txn_command(
+                batch.txn,
+                command,
+                tables=TXN_TABLES,
+                records=_TxnRecords(self, batch),
+                namespace=self.namespace,
+            )
         if isinstance(command, Truncate):
             return self._truncate(batch, command)
         if isinstance(command, Expire):
@@ -218,6 +247,11 @@ class StateMachine:
         if len(request.digest) != limits.DIGEST_BYTES:
             raise error(ResultCode.PARAMETER_ERROR, "digest must be 20 bytes")
         set_name = keys.check_set_name(request.set_name)
+        locked = batch.txn.get(_INTENTS, request.digest)
+        if locked is not None:
+            intent = decode_intent(locked)
+            if intent.is_write or not is_read_only(request.ops):
+                return blocked_result(intent)
         existing = batch.load(request.digest)
         outcome = operations.operate(
             existing,
@@ -262,8 +296,8 @@ class StateMachine:
             in_scope = command.set_name is None or meta.set_name == command.set_name
             return in_scope and not meta.tombstone and meta.last_update_ms <= command.before_ms
 
-        count = self._bury(batch, batch.digests_where(doomed), command.now_ms)
-        return Result(count=count)
+        digests = [d for d in batch.digests_where(doomed) if not batch.is_locked(d)]
+        return Result(count=self._bury(batch, digests, command.now_ms))
 
     def _expire(self, batch: _Batch, command: Expire) -> Result:
         def expired(digest: bytes) -> bool:
@@ -272,6 +306,7 @@ class StateMachine:
                 meta is not None
                 and not meta.tombstone
                 and is_expired(meta.void_time, command.now_ms)
+                and not batch.is_locked(digest)
             )
 
         digests = sorted({d for d in command.digests if expired(d)})
@@ -294,6 +329,8 @@ class StateMachine:
 
         count = 0
         for digest in batch.digests_where(raidable):
+            if batch.is_locked(digest):
+                continue  # a prepared transaction read or writes it: its generation counts
             batch.txn.delete(_RECORDS, digest)
             batch.applied.metas[digest] = None
             count += 1
@@ -320,6 +357,10 @@ class _Batch:
         raw = self.txn.get(_RECORDS, digest)
         return None if raw is None else codec.decode_record(raw)
 
+    def is_locked(self, digest: bytes) -> bool:
+        """Whether a transaction's intent (a write or a read lock) is on the record."""
+        return self.txn.get(_INTENTS, digest) is not None
+
     def digests_where(self, keep: Callable[[MetaFields], bool]) -> list[bytes]:
         """Digests whose (pending or indexed) metadata passes `keep`, in ascending order."""
         pending = self.applied.metas
@@ -330,18 +371,32 @@ class _Batch:
 
     def ensure_set(self, set_name: str) -> None:
         if not set_name or self.index.set_id(set_name) is not None:
-            return
-        if set_name in self.applied.new_sets:
+            return  # the common case, without building a list
+        self.ensure_sets((set_name,))
+
+    def ensure_sets(self, set_names: Sequence[str]) -> None:
+        """Give every named set an id, all or none: SET_LIMIT (and no effect) if the new ones
+        do not all fit. The empty name (no set) needs none."""
+        new: list[str] = []
+        for set_name in set_names:
+            if not set_name or self.index.set_id(set_name) is not None:
+                continue
+            if set_name in self.applied.new_sets or set_name in new:
+                continue
+            new.append(set_name)
+        if not new:
             return
         used = len(self.index.set_names()) + len(self.applied.new_sets)
-        if used >= limits.SETS_PER_NAMESPACE_MAX:
+        if used + len(new) > limits.SETS_PER_NAMESPACE_MAX:
             raise error(
                 ResultCode.SET_LIMIT,
-                f"namespace already has {limits.SETS_PER_NAMESPACE_MAX} sets",
+                f"namespace has {used} sets; {len(new)} more is over the limit of "
+                f"{limits.SETS_PER_NAMESPACE_MAX}",
             )
-        set_id = used + 1
-        self.txn.put(Table.SETS, set_name.encode("utf-8"), _SET_ID.pack(set_id))
-        self.applied.new_sets[set_name] = set_id
+        for set_name in new:
+            used += 1
+            self.txn.put(Table.SETS, set_name.encode("utf-8"), _SET_ID.pack(used))
+            self.applied.new_sets[set_name] = used
 
     def client(self, client_id: int, acked_seq: int) -> _Client:
         client = self.clients.get(client_id)
@@ -411,6 +466,38 @@ class _Batch:
             if client.dirty:
                 row = _CLIENT_ROW.pack(client.floor, client.last_seen_ms, client.answered_high)
                 self.txn.put(_CLIENTS, _U64.pack(client_id), row)
+
+
+class _TxnRecords:
+    """`txn_participant.RecordStore` over one batch: records as `_operate` reads and writes
+    them (encoded in the records table, set ids, index changes published after commit)."""
+
+    __slots__ = ("_batch", "_machine")
+
+    def __init__(self, machine: StateMachine, batch: _Batch) -> None:
+        self._machine = machine
+        self._batch = batch
+
+    def load(self, digest: bytes) -> Record | None:
+        return self._batch.load(digest)  # through the batch's transaction: sees its writes
+
+    def ensure_sets(self, set_names: Sequence[str]) -> None:
+        self._batch.ensure_sets(set_names)
+
+    def store(self, digest: bytes, record: Record) -> None:
+        """The participant checked the size and ensured the set first: a failure here is our
+        bug, so it crashes the command (the batch is applied again without it) rather than
+        leave the command half done."""
+        batch = self._batch
+        encoded = codec.encode_record(record)  # asserts `check_record` first
+        max_record_bytes = self._machine.namespace.max_record_bytes
+        assert len(encoded) <= max_record_bytes, (digest.hex(), len(encoded), max_record_bytes)
+        assert not record.set_name or (
+            record.set_name in batch.applied.new_sets
+            or batch.index.set_id(record.set_name) is not None
+        ), f"set {record.set_name!r} was not ensured"
+        batch.txn.put(_RECORDS, digest, encoded)
+        batch.applied.metas[digest] = record
 
 
 def _decode_client_row(raw: bytes) -> tuple[int, int, int]:

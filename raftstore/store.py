@@ -45,11 +45,12 @@ class LmdbStore:
             map_async=False,
             meminit=False,
             readahead=False,  # point lookups by digest: readahead only pollutes the cache
-            max_dbs=len(Table),
+            max_dbs=len(Table),  # one named database per table, no more
             max_readers=READERS_MAX,
             max_spare_txns=4,
             mode=0o700,
         )
+        # Every table, created empty if missing (a store written before a table existed).
         self.dbs = {table: self.env.open_db(table.value, create=True) for table in Table}
 
     def begin(self, write: bool = False) -> StoreTransaction:

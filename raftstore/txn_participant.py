@@ -77,11 +77,14 @@ BLOCKER_BINS: Final = ("txn_id", "txn_home", "txn_deadline_ms")
 
 @dataclass(frozen=True, slots=True)
 class TxnTables:
-    """The handles of this module's two tables. The state machine passes
-    `TxnTables(Table.INTENTS, Table.TXNS)` once `raftstore.kv.Table` has those members."""
+    """The handles of this module's two tables: the state machine passes `TXN_TABLES`; a test
+    may pass others."""
 
     intents: Table
     txns: Table
+
+
+TXN_TABLES: Final = TxnTables(Table.INTENTS, Table.TXNS)
 
 
 class RecordStore(Protocol):
@@ -193,6 +196,12 @@ def visible_version(record: Record | None, now_ms: int) -> tuple[int, int]:
 def intent_of(txn: KvTxn, digest: bytes, *, tables: TxnTables) -> Intent | None:
     raw = txn.get(tables.intents, digest)
     return None if raw is None else _decode_intent(raw)
+
+
+def decode_intent(raw: bytes) -> Intent:
+    """An intent as stored in the intents table (for a caller that read the row itself, to
+    keep a hot path at one lookup); RECORD_CORRUPT if it does not decode."""
+    return _decode_intent(raw)
 
 
 def txn_record_of(txn: KvTxn, txn_id: int, *, tables: TxnTables) -> TxnRecord | None:

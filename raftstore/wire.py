@@ -9,6 +9,12 @@ Requests (client -> server) and their kinds:
               "cluster-stable", "status", "build"
     SCAN      a page of records of some partitions (and optionally one set)
     TRUNCATE  truncate a set or a namespace, for the partition groups this node leads
+    TXN_COMMIT  commit a transaction (its read versions and buffered writes) at the leader of
+              its home group, which coordinates it; or (`status_only`) settle and report the
+              outcome of an earlier commit whose answer was lost
+    TXN_STEP  one transaction command for a partition group this node leads (node to node:
+              a coordinator's prepare/decide/resolve, a recovery), or a linearizable read of a
+              transaction record (`command` None)
 Every request is answered by exactly one RESPONSE with the same request_id; a client may
 have many requests outstanding on one connection (pipelining) and match answers by id.
 
@@ -32,6 +38,19 @@ from raftstore.command_codec import decode_op, decode_policy, encode_op, encode_
 from raftstore.errors import RaftstoreError, ResultCode, error
 from raftstore.ops import Op
 from raftstore.policy import DEFAULT_WRITE_POLICY, WritePolicy
+from raftstore.txn_commands import (
+    GROUP_MAX,
+    TXN_ID_MAX,
+    TxnCommand,
+    TxnRead,
+    TxnWrite,
+    read_to_wire,
+    reads_from_wire,
+    txn_command_from_wire,
+    txn_command_to_wire,
+    write_to_wire,
+    writes_from_wire,
+)
 
 PROTOCOL_VERSION = 1
 FRAME_BYTES_MAX = limits.RECORD_BYTES_MAX + 1024 * 1024  # a largest record plus its envelope
@@ -43,6 +62,8 @@ class Kind(enum.IntEnum):
     INFO = 2
     SCAN = 3
     TRUNCATE = 4
+    TXN_COMMIT = 5
+    TXN_STEP = 6
     RESPONSE = 100
 
 
@@ -91,7 +112,33 @@ class TruncateMsg:
     groups: tuple[int, ...] = ()  # the groups to truncate; empty: every group this node leads
 
 
-Request = RecordMsg | InfoMsg | ScanMsg | TruncateMsg
+@dataclass(frozen=True, slots=True)
+class TxnCommitMsg:
+    """A transaction to commit. `home_digest` (a key of the transaction) names the home
+    group: the message goes to its leader. `timeout_ms` is the time left to the deadline as
+    the client counts it when sending."""
+
+    namespace: str
+    txn_id: int
+    home_digest: bytes
+    timeout_ms: int
+    reads: tuple[TxnRead, ...]
+    writes: tuple[TxnWrite, ...]
+    status_only: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TxnStepMsg:
+    """`command` proposed in `group` by its leader (restamped with the leader's clock); or,
+    with `command` None, a linearizable read of the transaction record `txn_id` there."""
+
+    namespace: str
+    group: int
+    command: TxnCommand | None
+    txn_id: int = 0
+
+
+Request = RecordMsg | InfoMsg | ScanMsg | TruncateMsg | TxnCommitMsg | TxnStepMsg
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +151,7 @@ class Response:
     value: Any = None  # info value, scan page, truncate summary
     partition_map: dict[str, Any] | None = field(default=None)  # with NOT_LEADER
     in_doubt: bool = False
+    last_update_ms: int = 0  # with a record: its version is (generation, last_update_ms)
 
 
 # -- framing ---------------------------------------------------------------------------------
@@ -175,13 +223,27 @@ def _request_fields(message: Request) -> list[Any]:
             message.max_records,
             int(message.read_mode),
         ]
-    return [
-        Kind.TRUNCATE,
-        message.namespace,
-        message.set_name,
-        message.before_ms,
-        list(message.groups),
-    ]
+    if isinstance(message, TruncateMsg):
+        return [
+            Kind.TRUNCATE,
+            message.namespace,
+            message.set_name,
+            message.before_ms,
+            list(message.groups),
+        ]
+    if isinstance(message, TxnCommitMsg):
+        return [
+            Kind.TXN_COMMIT,
+            message.namespace,
+            message.txn_id,
+            message.home_digest,
+            message.timeout_ms,
+            [read_to_wire(read) for read in message.reads],
+            [write_to_wire(write) for write in message.writes],
+            message.status_only,
+        ]
+    command = None if message.command is None else txn_command_to_wire(message.command)
+    return [Kind.TXN_STEP, message.namespace, message.group, command, message.txn_id]
 
 
 def peek_request_id(body: bytes) -> int:
@@ -269,6 +331,16 @@ def _decode_request_fields(fields: list[Any]) -> tuple[int, Request]:
                 _int(before_ms, "before_ms"),
                 tuple(_int(g, "group") for g in _list(groups, "groups")),
             )
+        if kind == Kind.TXN_COMMIT:
+            return request_id, _decode_txn_commit(rest)
+        if kind == Kind.TXN_STEP:
+            namespace, group, command, txn_id = rest
+            return request_id, TxnStepMsg(
+                _str(namespace, "namespace"),
+                _bounded(group, "group", GROUP_MAX),
+                None if command is None else txn_command_from_wire(command),
+                _bounded(txn_id, "txn id", TXN_ID_MAX),
+            )
     except ValueError as exc:  # wrong number of fields
         raise error(ResultCode.PROTOCOL_ERROR, f"malformed request: {exc}") from None
     raise error(ResultCode.PROTOCOL_ERROR, f"unknown request kind {kind!r}")
@@ -325,6 +397,21 @@ def _decode_record(rest: list[Any]) -> RecordMsg:
     )
 
 
+def _decode_txn_commit(rest: list[Any]) -> TxnCommitMsg:
+    namespace, txn_id, home_digest, timeout_ms, reads, writes, status_only = rest
+    if not isinstance(status_only, bool):
+        raise error(ResultCode.PARAMETER_ERROR, "status_only must be a bool")
+    return TxnCommitMsg(
+        namespace=_str(namespace, "namespace"),
+        txn_id=_bounded(txn_id, "txn id", TXN_ID_MAX),
+        home_digest=_digest(home_digest),
+        timeout_ms=_int(timeout_ms, "timeout"),
+        reads=reads_from_wire(reads),
+        writes=writes_from_wire(writes),
+        status_only=status_only,
+    )
+
+
 def _decode_scan(rest: list[Any]) -> ScanMsg:
     namespace, set_name, partition_ids, after_digest, max_records, read_mode = rest
     pids = tuple(_int(p, "partition id") for p in _list(partition_ids, "partition ids"))
@@ -365,6 +452,7 @@ def encode_response(request_id: int, response: Response) -> bytes:
                 response.value,
                 response.partition_map,
                 response.in_doubt,
+                response.last_update_ms,
             ]
         )
     )
@@ -375,7 +463,17 @@ def decode_response(body: bytes) -> tuple[int, Response]:
     if fields[2] != Kind.RESPONSE:
         raise error(ResultCode.PROTOCOL_ERROR, f"expected a response, got kind {fields[2]!r}")
     try:
-        code, message, generation, ttl, results, value, partition_map, in_doubt = fields[3:]
+        (
+            code,
+            message,
+            generation,
+            ttl,
+            results,
+            value,
+            partition_map,
+            in_doubt,
+            last_update_ms,
+        ) = fields[3:]
         entries = tuple((entry[0], entry[1]) for entry in _list(results, "results"))
     except (ValueError, TypeError, IndexError) as exc:
         raise error(ResultCode.PROTOCOL_ERROR, f"malformed response: {exc}") from None
@@ -388,6 +486,7 @@ def decode_response(body: bytes) -> tuple[int, Response]:
         value=value,
         partition_map=partition_map if isinstance(partition_map, dict) else None,
         in_doubt=bool(in_doubt),
+        last_update_ms=_int(last_update_ms, "last_update_ms"),
     )
 
 
@@ -398,6 +497,13 @@ def _int(value: Any, what: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise error(ResultCode.PARAMETER_ERROR, f"{what} must be an int")
     return value
+
+
+def _bounded(value: Any, what: str, high: int) -> int:
+    number = _int(value, what)
+    if not 0 <= number <= high:
+        raise error(ResultCode.PARAMETER_ERROR, f"{what} must be in 0..{high}")
+    return number
 
 
 def _str(value: Any, what: str) -> str:

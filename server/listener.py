@@ -43,6 +43,8 @@ from raftstore.wire import (
     RecordMsg,
     Refused,
     Response,
+    TxnCommitMsg,
+    TxnStepMsg,
     encode_response,
     read_request,
 )
@@ -172,6 +174,10 @@ class Listener:
                 max(request.timeout_ms, REQUEST_TIMEOUT_MS_MIN), REQUEST_TIMEOUT_MS_MAX
             )
             write = not is_read_only(request.ops)
+        elif isinstance(request, TxnCommitMsg | TxnStepMsg):
+            # A transaction's steps change state: an answer that does not come is in doubt.
+            write = not isinstance(request, TxnStepMsg) or request.command is not None
+            timeout_ms = INFO_TIMEOUT_MS * 3
         else:
             timeout_ms, write = INFO_TIMEOUT_MS * 3, False
         connection.tokens += 1

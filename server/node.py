@@ -46,8 +46,12 @@ from raftstore.wire import (
     Response,
     ScanMsg,
     TruncateMsg,
+    TxnCommitMsg,
+    TxnStepMsg,
 )
 from server.config import GroupPlacement, NodeConfig
+from server.peer import Peer
+from server.txn_service import TxnService
 
 log = structlog.get_logger(__name__)
 
@@ -75,6 +79,7 @@ class Node:
         self._counters_lock = threading.Lock()
         self._stop = threading.Event()
         self._jobs_thread: threading.Thread | None = None
+        self.txns = TxnService(self, Peer([(n.host, n.port) for n in config.nodes]))
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -118,6 +123,7 @@ class Node:
         self._stop.set()
         if self._jobs_thread is not None:
             self._jobs_thread.join(timeout=10)
+        self.txns.close()
         for group in self.groups.values():
             group.runtime.close()
         for group in self.groups.values():
@@ -139,6 +145,12 @@ class Node:
         try:
             if isinstance(request, RecordMsg):
                 self._record(request, now_ms, reply)
+                return
+            if isinstance(request, TxnCommitMsg):
+                self._txn_commit(request, now_ms, reply)
+                return
+            if isinstance(request, TxnStepMsg):
+                self._txn_step(request, reply)
                 return
             if isinstance(request, InfoMsg):
                 answer = _done(Response(value=self.info(request.command)))
@@ -169,13 +181,21 @@ class Node:
         group = self._leading(namespace, request.digest)
         if is_read_only(request.ops):
             linearize = request.read_mode == ReadMode.LINEARIZE
-            group.runtime.read_to(
-                request.digest,
-                request.ops,
-                now_ms,
-                linearize,
-                lambda result: self._reply(reply, result, now_ms, write=False),
-            )
+
+            def read(result: Result) -> None:
+                if result.code == ResultCode.MRT_BLOCKED:  # a write intent: ask its home
+                    self.txns.read_through(
+                        namespace.name,
+                        group,
+                        digest=request.digest,
+                        ops=request.ops,
+                        now=now_ms,
+                        reply=lambda seen: self._reply(reply, seen, now_ms, write=False),
+                    )
+                    return
+                self._reply(reply, result, now_ms, write=False)
+
+            group.runtime.read_to(request.digest, request.ops, now_ms, linearize, read)
             return
         command = RecordRequest(
             client_id=request.client_id,
@@ -188,9 +208,33 @@ class Node:
             policy=request.policy,
             user_key=request.user_key,
         )
-        group.runtime.submit_to(
-            command, lambda result: self._reply(reply, result, now_ms, write=True)
-        )
+        group_id = group.placement.group
+
+        def written(result: Result) -> None:
+            if result.code == ResultCode.MRT_BLOCKED:
+                self.txns.note_blocked(namespace.name, group_id, result)
+            self._reply(reply, result, now_ms, write=True)
+
+        group.runtime.submit_to(command, written)
+
+    def _txn_commit(
+        self, request: TxnCommitMsg, now_ms: int, reply: Callable[[Response], None]
+    ) -> None:
+        self._count("requests_txn_commit")
+        namespace = self._namespaces.get(request.namespace)
+        if namespace is None:
+            raise error(ResultCode.NAMESPACE_NOT_FOUND, f"no namespace {request.namespace!r}")
+        self._leading(namespace, request.home_digest)
+        self.txns.commit(request, now_ms, reply)
+
+    def _txn_step(self, request: TxnStepMsg, reply: Callable[[Response], None]) -> None:
+        self._count("requests_txn_step")
+        if not 0 <= request.group < self.group_count(request.namespace):
+            raise error(ResultCode.PARAMETER_ERROR, f"no group {request.group}")
+        group = self.local_leader(request.namespace, request.group)
+        if group is None:
+            raise _not_leader(f"this node does not lead {request.namespace}/{request.group}")
+        self.txns.step(request, group, reply)
 
     def _reply(
         self, reply: Callable[[Response], None], result: Result, now_ms: int, *, write: bool
@@ -214,6 +258,7 @@ class Node:
             ttl=ttl_left(result.void_time, now_ms) if result.generation else 0,
             results=result.results,
             in_doubt=write and not is_definite(result.code),
+            last_update_ms=result.last_update_ms,
         )
 
     def _leading(self, namespace: NamespaceConfig, digest: bytes) -> LocalGroup:
@@ -224,7 +269,14 @@ class Node:
             raise _not_leader(f"this node does not lead {namespace.name}/{group_id}")
         return group
 
-    def _group_count(self, namespace: str) -> int:
+    def local_leader(self, namespace: str, group_id: int) -> LocalGroup | None:
+        """The local group `group_id` of `namespace` if this node leads it."""
+        group = self.groups.get((namespace, group_id))
+        if group is None or not group.runtime.is_leader():
+            return None
+        return group
+
+    def group_count(self, namespace: str) -> int:
         config = self._namespaces.get(namespace)
         if config is None:
             raise error(ResultCode.NAMESPACE_NOT_FOUND, f"no namespace {namespace!r}")
@@ -232,7 +284,7 @@ class Node:
 
     def _scan(self, request: ScanMsg, now_ms: int) -> Future[Response]:
         self._count("requests_scan")
-        group_count = self._group_count(request.namespace)
+        group_count = self.group_count(request.namespace)
         group_ids = {pid % group_count for pid in request.partition_ids}
         if len(group_ids) != 1:
             raise error(ResultCode.PARAMETER_ERROR, "a scan page covers one partition group")
@@ -283,7 +335,7 @@ class Node:
 
     def _truncate(self, request: TruncateMsg, now_ms: int) -> Future[Response]:
         self._count("requests_truncate")
-        group_count = self._group_count(request.namespace)
+        group_count = self.group_count(request.namespace)
         wanted = request.groups or tuple(range(group_count))
         before_ms = request.before_ms or now_ms
         command = Truncate(now_ms=now_ms, set_name=request.set_name, before_ms=before_ms)
@@ -386,6 +438,7 @@ class Node:
             "uptime_s": round(time.monotonic() - self.started_s, 1),
             "groups": len(self.groups),
             "groups_led": sum(g.runtime.is_leader() for g in self.groups.values()),
+            **{f"txn_{name}": count for name, count in sorted(self.txns.counters.items())},
             **counters,
         }
 
@@ -434,6 +487,10 @@ class Node:
                     group.runtime.run_jobs(now_ms)
                 except Exception:
                     log.exception("jobs_failed", group=group.placement.name)
+            try:
+                self.txns.sweep(now_ms)
+            except Exception:
+                log.exception("txn_sweep_failed")
             if time.monotonic() - last_balance >= BALANCE_PERIOD_S:
                 last_balance = time.monotonic()
                 self._balance_leaders()

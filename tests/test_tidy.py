@@ -27,6 +27,8 @@ LIGHT_MODULES = frozenset(
         "raftstore.errors",
         "raftstore.keys",
         "raftstore.limits",
+        "raftstore.operations",
+        "raftstore.operations_cdt",
         "raftstore.ops",
         "raftstore.policy",
         "raftstore.record",

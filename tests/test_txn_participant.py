@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any, cast
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -45,9 +45,9 @@ from raftstore.txn_commands import (
     txn_command_to_wire,
 )
 from raftstore.txn_participant import (
+    TXN_TABLES,
     Blocker,
     Intent,
-    TxnTables,
     WriteAccess,
     apply_txn_command,
     blocked_result,
@@ -69,17 +69,7 @@ DEADLINE_MS = NOW_MS + 10_000
 NAMESPACE = NamespaceConfig("test", max_record_bytes=1024, tomb_raider_period_s=60)
 
 
-def _tables() -> TxnTables:
-    """Table.INTENTS / Table.TXNS once kv.Table has them; until then, extra dict keys that
-    MemoryKv carries like any table (it looks tables up in a dict)."""
-    intents = getattr(Table, "INTENTS", None)
-    txns = getattr(Table, "TXNS", None)
-    if intents is not None and txns is not None:
-        return TxnTables(intents, txns)
-    return TxnTables(cast(Table, "intents"), cast(Table, "txns"))
-
-
-TABLES = _tables()
+TABLES = TXN_TABLES
 
 
 def digest(n: int | str, set_name: str = "s") -> bytes:
@@ -113,14 +103,12 @@ class KvRecords:
 
 class Group:
     """One partition group: a store and the participant logic (and the single-record write
-    rule the state machine will follow)."""
+    rule the state machine follows: tests/test_txn_wiring.py runs the real one)."""
 
     def __init__(self, group_id: int = 0, *, sets_max: int = 1023) -> None:
         self.group_id = group_id
         self.sets_max = sets_max
         self.kv = MemoryKv()
-        for table in (TABLES.intents, TABLES.txns):
-            self.kv.tables.setdefault(table, {})
 
     def apply(self, command: TxnCommand) -> Result:
         with self.kv.begin(write=True) as txn:
@@ -133,7 +121,7 @@ class Group:
             )
 
     def write_single(self, key: bytes, ops: Sequence[op.Op], now_ms: int) -> Result:
-        """A non-transactional write, as the state machine does it once wired."""
+        """A non-transactional write, as the state machine does it."""
         with self.kv.begin(write=True) as txn:
             intent = intent_of(txn, key, tables=TABLES)
             if write_access(intent, now_ms) is not WriteAccess.FREE:
