@@ -65,6 +65,8 @@ RecordTuple = tuple[KeyTuple, MetaDict, Bins]
 BATCH_IN_FLIGHT_MAX = 1024  # calls of one batch in flight at once
 SETTLE_ATTEMPTS = 3  # status checks of an in-doubt commit before raising in_doubt
 COMMIT_MARGIN_MS = 10_000  # a commit's wait beyond the deadline: resolves and retries
+# One status check's wait: a recovery per group at the home group's leader, a few steps.
+SETTLE_WAIT_MS = 4000
 SCAN_PAGE_RECORDS = 1000
 
 
@@ -422,7 +424,7 @@ class Client:
         )
         last: RaftstoreError | None = None
         for _ in range(SETTLE_ATTEMPTS):
-            call = self.exchange(first.namespace, first.partition_id, message, _commit_policy(0))
+            call = self.exchange(first.namespace, first.partition_id, message, _settle_policy())
             if call.error is None:
                 txn.state, txn.in_doubt = TXN_STATE_COMMITTED, False
                 return
@@ -1080,6 +1082,10 @@ def _take_txn(policy: object) -> tuple[Transaction | None, object]:
         raise param_error(f"policy 'txn' must be a client.Transaction, not {type(txn).__name__}")
     rest = {name: value for name, value in policy.items() if name != "txn"}
     return txn, rest
+
+
+def _settle_policy() -> Policy:
+    return Policy(total_timeout_ms=SETTLE_WAIT_MS, socket_timeout_ms=SETTLE_WAIT_MS, max_retries=0)
 
 
 def _commit_policy(time_left_ms: int) -> Policy:

@@ -12,13 +12,17 @@ die mid-transaction and their intents are left to recovery. At the end:
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 import client
 from client import exception as ex
@@ -186,3 +190,42 @@ def _check(db: client.Client, ledger: Ledger, names: list[str]) -> None:
     )
     print(summary)  # shown with -s: how much the run exercised
     assert len(ledger.acked) >= 50, summary
+
+
+def test_a_commit_nobody_answers_is_in_doubt_and_settled_later(tmp_path: Path) -> None:
+    """Every node paused while the commit is sent: the SDK cannot learn the outcome and says
+    so (in_doubt=True, never a failure); once the nodes run again, `txn_status` settles it,
+    and what it says is what the records show."""
+    with running_cluster(tmp_path / "doubt", 3) as cluster:
+        db = client.connect({"hosts": cluster.hosts, "policies": POLICIES})
+        pids = [pid for pid in (node.pid() for node in cluster.nodes) if pid is not None]
+        try:
+            key = account("doubt")
+            db.put(key, {"balance": 1, "applied": []})
+            txn = client.Transaction(timeout=1)
+            _, _, bins = db.get(key, policy={"txn": txn})
+            db.put(key, {"balance": bins["balance"] + 1}, policy={"txn": txn})
+            for pid in pids:
+                os.kill(pid, signal.SIGSTOP)
+            try:
+                with pytest.raises(ex.AerospikeError) as raised:
+                    db.commit(txn)
+            finally:
+                for pid in pids:
+                    os.kill(pid, signal.SIGCONT)
+            assert raised.value.in_doubt, raised.value
+            assert txn.in_doubt
+            cluster.wait_stable()
+            status = None
+            deadline = time.monotonic() + 60
+            while status is None:
+                try:
+                    status = db.txn_status(txn)
+                except ex.AerospikeError as exc:
+                    assert exc.in_doubt and time.monotonic() < deadline, exc
+            assert status in ("committed", "aborted")
+            assert not txn.in_doubt
+            expected = 2 if status == "committed" else 1
+            assert db.get(key)[2]["balance"] == expected
+        finally:
+            db.close()
