@@ -17,6 +17,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -39,6 +40,7 @@ from raftstore.ops import Op as RecordOp
 ROOT = Path(__file__).resolve().parent.parent
 RUN_TIMEOUT_S = 120  # a hard stop for a run that should take ~25 s
 CHECK_TIMEOUT_S = 60
+INTERRUPT_GRACE_S = 30  # a run interrupted by Ctrl-C has this long to clean up
 
 
 # -- real runs ----------------------------------------------------------------------------------
@@ -91,8 +93,13 @@ def jepsen_like(*argv: str, timeout_s: float, env: Mapping[str, str] | None = No
     try:
         stdout, stderr = process.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        process.kill()
-        process.communicate()
+        # Ctrl-C first: the run then stops its nodes and removes its namespace; then kill.
+        process.send_signal(signal.SIGINT)
+        try:
+            process.communicate(timeout=INTERRUPT_GRACE_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
         raise
     return Done(process.pid, process.returncode, stdout, stderr)
 
