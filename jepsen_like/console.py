@@ -25,6 +25,10 @@ def configure_logging(verbose: bool) -> None:
         ),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
     )
+    # The SDK warns when no node answers (a map refresh that found nobody): under injected
+    # faults that is the expected weather, recorded in the history as info/fail; one line per
+    # retry would bury the progress line. Shown with `verbose`.
+    logging.getLogger("client").setLevel(logging.DEBUG if verbose else logging.ERROR)
 
 
 class ProgressLine:
