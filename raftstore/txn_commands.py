@@ -4,9 +4,13 @@ Commands are frozen data, like `raftstore.commands`: everything that varies betw
 (the clock) is stamped into the command (`now_ms`) by the node that proposes it.
 
 - `TxnApply`   all keys in one group: validate and write atomically (the entry commits).
-- `TxnBegin`   home group: create the transaction record OPEN.
+- `TxnBegin`   home group, when it is not a participant: create the transaction record OPEN.
 - `TxnPrepare` each participant group: validate, then lock (intents); nothing else changes.
+               The home group's prepare carries the participants and also creates the
+               transaction record OPEN (TxnBegin folded in); the others carry none.
 - `TxnDecide`  home group: OPEN takes the proposed state; a decided record keeps its own.
+               With `resolve_here` it also resolves the home group's own prepared intents
+               with that state, in the same command (the home group's TxnResolve folded in).
 - `TxnResolve` each participant group: roll this transaction's intents forward or back.
 - `TxnForget`  any group: drop decided records and resolved markers past the horizon.
 
@@ -14,9 +18,11 @@ Wire form. `txn_command_to_wire` gives a msgpack-ready array `[tag, field, ...]`
 (10..15) is distinct from `raftstore.command_codec`'s (1..5), so a log entry can carry these
 beside the engine's commands; `txn_command_from_wire` checks the shape of every field and
 raises PROTOCOL_ERROR for anything else. `encode_txn_command` / `decode_txn_command` are the
-same as standalone bytes (through `raftstore.codec`). Op lists and write policies have the
-shape `command_codec` gives them; they are re-implemented here (not imported) so that
-`command_codec` can import this module without a cycle.
+same as standalone bytes (through `raftstore.codec`). The shorter forms written before
+`TxnPrepare.participants` and `TxnDecide.resolve_here` existed still decode, with those fields
+empty / false (what the commands meant then), so a log written earlier replays. Op lists and
+write policies have the shape `command_codec` gives them; they are re-implemented here (not
+imported) so that `command_codec` can import this module without a cycle.
 
 Limits (to move into `raftstore.limits` when that file is free): `TXN_WRITES_MAX`,
 `TXN_TIMEOUT_MS_*`, `TXN_FORGET_AFTER_MS_MIN`.
@@ -100,23 +106,34 @@ class TxnBegin:
 
 @dataclass(frozen=True, slots=True)
 class TxnPrepare:
+    """`participants` is empty except in the home group's prepare, which then also does what
+    a TxnBegin with those participants does (ascending, `home` among them)."""
+
     txn_id: int
     home: int
     now_ms: int
     deadline_ms: int
     reads: tuple[TxnRead, ...]
     writes: tuple[TxnWrite, ...]
+    participants: tuple[int, ...] = ()
+
+    @property
+    def is_home(self) -> bool:
+        """Whether this is the home group's prepare (it creates the transaction record)."""
+        return bool(self.participants)
 
 
 @dataclass(frozen=True, slots=True)
 class TxnDecide:
     """`state` is COMMITTED or ABORTED. `deadline_ms` is kept when the decide creates the
-    record (ABORTED, when no record exists)."""
+    record (ABORTED, when no record exists). `resolve_here`: the home group is a participant,
+    and its prepared intents are resolved with the decided state in this same command."""
 
     txn_id: int
     now_ms: int
     deadline_ms: int
     state: TxnState
+    resolve_here: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,9 +219,17 @@ def txn_command_to_wire(command: TxnCommand) -> list[Any]:
             command.deadline_ms,
             [read_to_wire(read) for read in command.reads],
             [write_to_wire(write) for write in command.writes],
+            list(command.participants),
         ]
     if isinstance(command, TxnDecide):
-        return [TAG_DECIDE, command.txn_id, command.now_ms, command.deadline_ms, int(command.state)]
+        return [
+            TAG_DECIDE,
+            command.txn_id,
+            command.now_ms,
+            command.deadline_ms,
+            int(command.state),
+            command.resolve_here,
+        ]
     if isinstance(command, TxnResolve):
         return [TAG_RESOLVE, command.txn_id, command.now_ms, command.committed, command.decided_ms]
     assert isinstance(command, TxnForget), command
@@ -241,8 +266,8 @@ def _from_wire(raw: Any) -> TxnCommand:
         txn_id, now_ms, deadline_ms, participants = fields
         return TxnBegin(_txn_id(txn_id), _ms(now_ms), _ms(deadline_ms), _groups(participants))
     if tag == TAG_PREPARE:
-        _expect(fields, 6, "TxnPrepare")
-        txn_id, home, now_ms, deadline_ms, reads, writes = fields
+        _expect(fields, (6, 7), "TxnPrepare")
+        txn_id, home, now_ms, deadline_ms, reads, writes, *rest = fields
         return TxnPrepare(
             _txn_id(txn_id),
             _group(home),
@@ -250,11 +275,17 @@ def _from_wire(raw: Any) -> TxnCommand:
             _ms(deadline_ms),
             reads_from_wire(reads),
             writes_from_wire(writes),
+            _groups(rest[0]) if rest else (),
         )
     if tag == TAG_DECIDE:
-        _expect(fields, 4, "TxnDecide")
-        txn_id, now_ms, deadline_ms, state = fields
-        return TxnDecide(_txn_id(txn_id), _ms(now_ms), _ms(deadline_ms), _decision(state))
+        _expect(fields, (4, 5), "TxnDecide")
+        txn_id, now_ms, deadline_ms, state, *rest = fields
+        resolve_here = rest[0] if rest else False
+        if type(resolve_here) is not bool:
+            raise _bad("TxnDecide's resolve_here flag must be a bool")
+        return TxnDecide(
+            _txn_id(txn_id), _ms(now_ms), _ms(deadline_ms), _decision(state), resolve_here
+        )
     if tag == TAG_RESOLVE:
         _expect(fields, 4, "TxnResolve")
         txn_id, now_ms, committed, decided_ms = fields
@@ -289,9 +320,11 @@ def _bad(what: str) -> RaftstoreError:
     return error(ResultCode.PROTOCOL_ERROR, what)
 
 
-def _expect(fields: list[Any], count: int, what: str) -> None:
-    if len(fields) != count:
-        raise _bad(f"{what} has {count} fields, not {len(fields)}")
+def _expect(fields: list[Any], count: int | tuple[int, ...], what: str) -> None:
+    counts = count if isinstance(count, tuple) else (count,)
+    if len(fields) not in counts:
+        allowed = " or ".join(str(c) for c in counts)
+        raise _bad(f"{what} has {allowed} fields, not {len(fields)}")
 
 
 def _int(value: Any, what: str, low: int, high: int) -> int:

@@ -28,9 +28,19 @@ Rules (docs/transactions.md):
 - Every intent blocks a write and a TxnPrepare's read (which needs a lock of its own, and
   locks are exclusive). A TxnApply's read is blocked by a write intent only: a read-locked
   value cannot change before its lock goes, so reading through a read lock is safe.
+- TxnBegin, and the home group's TxnPrepare (it carries the participants and begins too):
+  a decided record refuses it (MRT_ABORTED / MRT_COMMITTED: nothing locked, no marker, the
+  record answers a repeat); an OPEN record is kept as it is; else, once every check of the
+  prepare passed, the record is created OPEN in the same command as the intents. A home
+  prepare that fails creates no record (its marker keeps the answer; the decide that follows
+  creates the record ABORTED). Checked after the marker: a repeat never rewrites the record.
 - TxnDecide: no record -> it is created ABORTED; OPEN -> the proposed state, except that a
   COMMITTED stamped after the deadline becomes ABORTED (locks are bounded by the deadline);
-  a decided record keeps its state. The answer is the state and the decision time.
+  a decided record keeps its state. The answer is the state and the decision time. With
+  `resolve_here`, a PREPARED marker of this group is then resolved with that state and time,
+  exactly as TxnResolve does, in the same command (a final marker of the other state refuses
+  the whole command, before any write; no marker: nothing more, the record refuses a late
+  home prepare).
 - TxnResolve: committed -> every provisional record replaces the stored one with the next
   generation and last-update time max(decided_ms, stored's); aborted -> intents dropped.
   Idempotent; a resolve in a group that never prepared leaves a final marker.
@@ -173,7 +183,7 @@ def apply_txn_command(
         if isinstance(command, TxnBegin):
             return _begin(store, command)
         if isinstance(command, TxnDecide):
-            return _decide(store, command)
+            return _decide(store, records, command)
         if isinstance(command, TxnResolve):
             return _resolve(store, records, command)
         if isinstance(command, TxnForget):
@@ -357,13 +367,24 @@ def _prepare(store: _Store, records: RecordStore, ns: NamespaceConfig, cmd: TxnP
         if marker.state is _Local.COMMITTED:
             return failure(ResultCode.MRT_COMMITTED, "transaction already resolved committed")
         return marker.answer if not marker.answer.ok else _aborted()
+    record = store.record(cmd.txn_id) if cmd.is_home else None
+    if record is not None and record.state is not TxnState.OPEN:
+        # Decided before its home prepare applied (a recovery, or the coordinator's abort after
+        # it gave up on this prepare): refused, nothing locked, no marker (the record answers).
+        return _decided_refusal(cmd.txn_id, record.state)
     try:
+        if cmd.is_home:
+            _check_begin(cmd.now_ms, cmd.deadline_ms, cmd.participants)
+            if cmd.home not in cmd.participants:
+                raise error(ResultCode.PARAMETER_ERROR, "the home group is not a participant")
         plan = _plan(store, records, ns, cmd)
     except RaftstoreError as exc:
-        return _fail(store, cmd, exc)
+        return _fail(store, cmd, exc)  # no record: a decide creates it ABORTED
+    if cmd.is_home and record is None:
+        store.put_record(cmd.txn_id, TxnRecord(TxnState.OPEN, cmd.deadline_ms, cmd.participants, 0))
     locked: list[bytes] = []
-    for digest, record in plan.writes:
-        store.put_intent(digest, Intent(cmd.txn_id, cmd.home, cmd.deadline_ms, record))
+    for digest, provisional in plan.writes:
+        store.put_intent(digest, Intent(cmd.txn_id, cmd.home, cmd.deadline_ms, provisional))
         locked.append(digest)
     for digest in plan.read_only:
         store.put_intent(digest, Intent(cmd.txn_id, cmd.home, cmd.deadline_ms, None))
@@ -376,27 +397,37 @@ def _prepare(store: _Store, records: RecordStore, ns: NamespaceConfig, cmd: TxnP
 def _begin(store: _Store, cmd: TxnBegin) -> Result:
     record = store.record(cmd.txn_id)
     if record is not None:
-        if record.state is TxnState.ABORTED:
-            raise error(ResultCode.MRT_ABORTED, f"transaction {cmd.txn_id} was aborted")
-        if record.state is TxnState.COMMITTED:
-            raise error(ResultCode.MRT_COMMITTED, f"transaction {cmd.txn_id} was committed")
+        if record.state is not TxnState.OPEN:
+            return _decided_refusal(cmd.txn_id, record.state)
         return Result()  # a retry of the begin that created it
-    _check_deadline_range(cmd.now_ms, cmd.deadline_ms)
+    _check_begin(cmd.now_ms, cmd.deadline_ms, cmd.participants)
     if cmd.now_ms > cmd.deadline_ms:
         raise error(ResultCode.MRT_EXPIRED, "transaction deadline passed before it began")
-    if not cmd.participants or list(cmd.participants) != sorted(set(cmd.participants)):
-        raise error(ResultCode.PARAMETER_ERROR, "participants must be distinct and ascending")
     store.put_record(cmd.txn_id, TxnRecord(TxnState.OPEN, cmd.deadline_ms, cmd.participants, 0))
     return Result()
 
 
-def _decide(store: _Store, cmd: TxnDecide) -> Result:
+def _check_begin(now_ms: int, deadline_ms: int, participants: tuple[int, ...]) -> None:
+    """The checks of a TxnBegin, and of the home group's TxnPrepare (which begins too)."""
+    _check_deadline_range(now_ms, deadline_ms)
+    if not participants or list(participants) != sorted(set(participants)):
+        raise error(ResultCode.PARAMETER_ERROR, "participants must be distinct and ascending")
+
+
+def _decided_refusal(txn_id: int, state: TxnState) -> Result:
+    """The answer to a begin (or a home prepare) of a transaction already decided."""
+    if state is TxnState.COMMITTED:
+        return failure(ResultCode.MRT_COMMITTED, f"transaction {txn_id} was committed")
+    return failure(ResultCode.MRT_ABORTED, f"transaction {txn_id} was aborted")
+
+
+def _decide(store: _Store, records: RecordStore, cmd: TxnDecide) -> Result:
     if cmd.state not in (TxnState.COMMITTED, TxnState.ABORTED):
         raise error(ResultCode.PARAMETER_ERROR, "a transaction is decided COMMITTED or ABORTED")
     record = store.record(cmd.txn_id)
     if record is None:
-        # No begin applied (impossible by the coordinator's order, checked anyway): record the
-        # abort so that no late begin or decide can revive the transaction.
+        # Nothing began here: the home prepare has not applied (or failed, or was forgotten).
+        # Record the abort, so that no late prepare, begin or decide can revive it.
         decided = TxnRecord(TxnState.ABORTED, cmd.deadline_ms, (), cmd.now_ms)
     elif record.state is TxnState.OPEN:
         state = cmd.state
@@ -404,37 +435,75 @@ def _decide(store: _Store, cmd: TxnDecide) -> Result:
             state = TxnState.ABORTED  # too late: locks are bounded by the deadline
         decided = replace(record, state=state, decided_ms=cmd.now_ms)
     else:
-        return decide_result(record.state, record.decided_ms)
-    store.put_record(cmd.txn_id, decided)
+        decided = record  # a repeat, or a recovery that lost the race: the record's state
+    committed = decided.state is TxnState.COMMITTED
+    marker = store.marker(cmd.txn_id) if cmd.resolve_here else None
+    if marker is not None:
+        _check_resolvable(cmd.txn_id, marker, committed)  # before any write: all or nothing
+    if decided is not record:
+        store.put_record(cmd.txn_id, decided)
+    if marker is not None and marker.state is _Local.PREPARED:
+        _resolve_prepared(
+            store, records, cmd.txn_id, marker, committed=committed, decided_ms=decided.decided_ms
+        )
+        store.put_marker(cmd.txn_id, _final_marker(cmd.txn_id, marker, committed, cmd.now_ms))
     return decide_result(decided.state, decided.decided_ms)
 
 
 def _resolve(store: _Store, records: RecordStore, cmd: TxnResolve) -> Result:
-    final = _Local.COMMITTED if cmd.committed else _Local.ABORTED
     marker = store.marker(cmd.txn_id)
-    if marker is not None and marker.state is not _Local.PREPARED:
-        if marker.state is not final:
-            raise error(
-                ResultCode.PARAMETER_ERROR,
-                f"transaction {cmd.txn_id} is already resolved {marker.state.name}",
-            )
-        return Result()
+    if marker is not None:
+        _check_resolvable(cmd.txn_id, marker, cmd.committed)
+        if marker.state is not _Local.PREPARED:
+            return Result()  # a repeat
+        written = _resolve_prepared(
+            store, records, cmd.txn_id, marker, committed=cmd.committed, decided_ms=cmd.decided_ms
+        )
+    else:
+        written = 0  # never prepared here: the final marker refuses a late prepare
+    store.put_marker(cmd.txn_id, _final_marker(cmd.txn_id, marker, cmd.committed, cmd.now_ms))
+    return Result(count=written)
+
+
+def _check_resolvable(txn_id: int, marker: _Marker, committed: bool) -> None:
+    final = _Local.COMMITTED if committed else _Local.ABORTED
+    if marker.state is not _Local.PREPARED and marker.state is not final:
+        raise error(
+            ResultCode.PARAMETER_ERROR,
+            f"transaction {txn_id} is already resolved {marker.state.name}",
+        )
+
+
+def _resolve_prepared(
+    store: _Store,
+    records: RecordStore,
+    txn_id: int,
+    marker: _Marker,
+    *,
+    committed: bool,
+    decided_ms: int,
+) -> int:
+    """Roll the intents of a PREPARED marker forward (committed) or drop them; the count of
+    records written. The caller then makes the marker final."""
     written = 0
-    locked = () if marker is None else marker.digests
-    for digest in locked:
+    for digest in marker.digests:
         intent = store.intent(digest)
-        assert intent is not None and intent.txn_id == cmd.txn_id, (digest.hex(), intent)
-        if cmd.committed and intent.provisional is not None:
-            records.store(digest, rolled_forward(intent, records.load(digest), cmd.decided_ms))
+        assert intent is not None and intent.txn_id == txn_id, (digest.hex(), intent)
+        if committed and intent.provisional is not None:
+            records.store(digest, rolled_forward(intent, records.load(digest), decided_ms))
             written += 1
         store.delete_intent(digest)
-    if cmd.committed:
-        answer = failure(ResultCode.MRT_COMMITTED, f"transaction {cmd.txn_id} committed")
+    return written
+
+
+def _final_marker(txn_id: int, marker: _Marker | None, committed: bool, now_ms: int) -> _Marker:
+    if committed:
+        answer = failure(ResultCode.MRT_COMMITTED, f"transaction {txn_id} committed")
+        final = _Local.COMMITTED
     else:
-        answer = _aborted()
-    home, deadline_ms = (0, cmd.now_ms) if marker is None else (marker.home, marker.deadline_ms)
-    store.put_marker(cmd.txn_id, _Marker(final, home, deadline_ms, (), answer, cmd.now_ms))
-    return Result(count=written)
+        answer, final = _aborted(), _Local.ABORTED
+    home, deadline_ms = (0, now_ms) if marker is None else (marker.home, marker.deadline_ms)
+    return _Marker(final, home, deadline_ms, (), answer, now_ms)
 
 
 def _forget(store: _Store, ns: NamespaceConfig, cmd: TxnForget) -> Result:

@@ -161,6 +161,31 @@ def test_a_register_run_under_kill_is_valid_and_leaves_its_files(tmp_path: Path)
     assert again["checker"] == results["checker"]["details"]["cas-register"]["checker"]
 
 
+def test_a_register_run_under_partition_is_valid_or_refused(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    before = netns_list()
+    available, reason = netns.available()
+    done = jepsen_like(
+        "test", "--workload", "register", "--nemesis", "partition", "--nodes", "3",
+        "--concurrency", "4", "--time-limit", "10", "--rate", "100", "--seed", "13",
+        "--nemesis-interval", "1.5,3", "--store", str(store),
+        timeout_s=RUN_TIMEOUT_S,
+    )  # fmt: skip
+    assert_clean(store, done, before)
+    if not available:
+        assert done.returncode == 2
+        assert done.stderr.strip() == f"jepsen-like test: {reason}"
+        return
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith("valid: ")
+    directory = run_directory(store)
+    history = loads_json((directory / "history.jsonl").read_text(encoding="utf-8"))
+    assert "start-partition" in [op.f for op in history.nemesis_ops]
+    assert {op.type for op in history.operations} >= {"ok"}
+    again = recheck(directory, "cas-register")
+    assert again["valid"] is True
+
+
 def test_a_set_run_under_partition_is_valid_or_refused(tmp_path: Path) -> None:
     store = tmp_path / "store"
     before = netns_list()

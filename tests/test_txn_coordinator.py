@@ -358,48 +358,72 @@ def test_nothing_to_do_and_too_many_writes_are_answered_at_once() -> None:
 
 
 def _through_prepares(coord: Coordinator) -> Any:
-    begin = only(coord.start(NOW_MS))
-    assert isinstance(begin.command, TxnBegin) and begin.command.participants == (0, 1)
-    prepares = proposals(coord.on_reply(begin.action_id, Result(), NOW_MS))
+    prepares = proposals(coord.start(NOW_MS))
     assert [p.group for p in prepares] == [0, 1]
     assert all(isinstance(p.command, TxnPrepare) and p.command.home == 0 for p in prepares)
+    # The home group's prepare begins the transaction: it carries the participants.
+    assert [p.command.participants for p in prepares] == [(0, 1), ()]
     assert coord.on_reply(prepares[1].action_id, Result(count=1), NOW_MS) == []
     decide = only(coord.on_reply(prepares[0].action_id, Result(count=1), NOW_MS))
     assert isinstance(decide.command, TxnDecide) and decide.group == 0
+    assert decide.command.resolve_here
     return decide
 
 
-def test_several_groups_begin_prepare_decide_resolve() -> None:
+def test_several_groups_prepare_decide_and_resolve_elsewhere() -> None:
     coord = coordinator([increment(A0), increment(A1)])
     decide = _through_prepares(coord)
     assert decide.command.state is TxnState.COMMITTED
+    resolve = only(coord.on_reply(decide.action_id, decide_result(TxnState.COMMITTED, 77), NOW_MS))
+    # The decide resolved the home group: only the other group gets a TxnResolve.
+    assert (resolve.group, resolve.command) == (1, TxnResolve(9, NOW_MS, True, 77))
+    answer = only(coord.on_reply(resolve.action_id, Result(), NOW_MS))
+    assert answer.outcome is Outcome.COMMITTED
+
+
+def test_a_home_group_outside_the_transaction_gets_a_begin_first() -> None:
+    coord = Coordinator(9, 2, DEADLINE_MS, [], [increment(A0), increment(A1)], groups_of_two)
+    begin = only(coord.start(NOW_MS))
+    assert (begin.group, begin.command) == (2, TxnBegin(9, NOW_MS, DEADLINE_MS, (0, 1)))
+    prepares = proposals(coord.on_reply(begin.action_id, Result(), NOW_MS))
+    assert [(p.group, p.command.home, p.command.participants) for p in prepares] == [
+        (0, 2, ()),
+        (1, 2, ()),
+    ]
+    coord.on_reply(prepares[0].action_id, Result(count=1), NOW_MS)
+    decide = only(coord.on_reply(prepares[1].action_id, Result(count=1), NOW_MS))
+    assert decide.group == 2 and not decide.command.resolve_here
     resolves = proposals(
         coord.on_reply(decide.action_id, decide_result(TxnState.COMMITTED, 77), NOW_MS)
     )
     assert [r.group for r in resolves] == [0, 1]
-    assert all(r.command == TxnResolve(9, NOW_MS, True, 77) for r in resolves)
-    assert coord.on_reply(resolves[0].action_id, Result(), NOW_MS) == []
-    answer = only(coord.on_reply(resolves[1].action_id, Result(), NOW_MS))
-    assert answer.outcome is Outcome.COMMITTED
+    coord.on_reply(resolves[0].action_id, Result(), NOW_MS)
+    assert only(coord.on_reply(resolves[1].action_id, Result(), NOW_MS)).outcome is (
+        Outcome.COMMITTED
+    )
+
+
+def test_a_begin_refused_aborts_at_once() -> None:
+    coord = Coordinator(9, 2, DEADLINE_MS, [], [increment(A0), increment(A1)], groups_of_two)
+    begin = only(coord.start(NOW_MS))
+    refused = Result(code=ResultCode.MRT_ABORTED, message="aborted")
+    answer = only(coord.on_reply(begin.action_id, refused, NOW_MS))
+    assert (answer.outcome, answer.code) == (Outcome.ABORTED, ResultCode.MRT_ABORTED)
 
 
 def test_a_failed_prepare_aborts_everywhere_and_names_its_blocker() -> None:
     coord = coordinator([increment(A0), increment(A1)])
-    begin = only(coord.start(NOW_MS))
-    prepares = proposals(coord.on_reply(begin.action_id, Result(), NOW_MS))
+    prepares = proposals(coord.start(NOW_MS))
     blocked = Result(
         code=ResultCode.MRT_BLOCKED,
         results=(("txn_id", 5), ("txn_home", 1), ("txn_deadline_ms", 3)),
     )
     assert coord.on_reply(prepares[1].action_id, blocked, NOW_MS) == []
     decide = only(coord.on_reply(prepares[0].action_id, Result(), NOW_MS))
-    assert decide.command.state is TxnState.ABORTED
-    resolves = proposals(
-        coord.on_reply(decide.action_id, decide_result(TxnState.ABORTED, 5), NOW_MS)
-    )
-    assert all(not r.command.committed for r in resolves)
-    coord.on_reply(resolves[0].action_id, Result(), NOW_MS)
-    retry = only(coord.on_reply(resolves[1].action_id, None, NOW_MS))
+    assert decide.command.state is TxnState.ABORTED and decide.command.resolve_here
+    resolve = only(coord.on_reply(decide.action_id, decide_result(TxnState.ABORTED, 5), NOW_MS))
+    assert (resolve.group, resolve.command.committed) == (1, False)
+    retry = only(coord.on_reply(resolve.action_id, None, NOW_MS))
     answer = only(coord.on_reply(retry.action_id, Result(), NOW_MS))
     assert (answer.outcome, answer.code, blocker_of(answer.failure)) == (
         Outcome.ABORTED,
@@ -408,18 +432,29 @@ def test_a_failed_prepare_aborts_everywhere_and_names_its_blocker() -> None:
     )
 
 
+def test_a_home_prepare_refused_as_aborted_still_resolves_the_others() -> None:
+    """A recovery decided first: the home prepare locks nothing, but the other group may have
+    prepared in parallel, so it is decided and resolved like any failed prepare."""
+    coord = coordinator([increment(A0), increment(A1)])
+    prepares = proposals(coord.start(NOW_MS))
+    coord.on_reply(prepares[1].action_id, Result(count=1), NOW_MS)
+    refused = Result(code=ResultCode.MRT_ABORTED, message="transaction 9 was aborted")
+    decide = only(coord.on_reply(prepares[0].action_id, refused, NOW_MS))
+    assert decide.command.state is TxnState.ABORTED
+    resolve = only(coord.on_reply(decide.action_id, decide_result(TxnState.ABORTED, 5), NOW_MS))
+    assert (resolve.group, resolve.command.committed) == (1, False)
+    answer = only(coord.on_reply(resolve.action_id, Result(), NOW_MS))
+    assert (answer.outcome, answer.code) == (Outcome.ABORTED, ResultCode.MRT_ABORTED)
+
+
 def test_a_decide_learnt_by_a_retry_is_not_in_doubt() -> None:
     coord = coordinator([increment(A0), increment(A1)])
     decide = _through_prepares(coord)
     retry = only(coord.on_reply(decide.action_id, None, NOW_MS))
     assert retry.command == decide.command
-    resolves = proposals(
-        coord.on_reply(retry.action_id, decide_result(TxnState.ABORTED, 3), NOW_MS)
-    )
-    assert all(not r.command.committed for r in resolves)  # a recovery got there first
-    for resolve in resolves:
-        actions = coord.on_reply(resolve.action_id, Result(), NOW_MS)
-    answer = only(actions)
+    resolve = only(coord.on_reply(retry.action_id, decide_result(TxnState.ABORTED, 3), NOW_MS))
+    assert resolve.group == 1 and not resolve.command.committed  # a recovery got there first
+    answer = only(coord.on_reply(resolve.action_id, Result(), NOW_MS))
     assert (answer.outcome, answer.code) == (Outcome.ABORTED, ResultCode.MRT_ABORTED)
 
 
@@ -437,7 +472,11 @@ def test_a_commit_decide_never_applied_aborts() -> None:
     not_leader = Result(code=ResultCode.NOT_LEADER)
     retry = only(coord.on_reply(decide.action_id, not_leader, NOW_MS))
     resolves = proposals(coord.on_reply(retry.action_id, not_leader, NOW_MS))
-    assert [r.command.committed for r in resolves] == [False, False]
+    # No decide applied, so none resolved the home group: every group gets a TxnResolve.
+    assert [(r.group, r.command.committed) for r in resolves] == [(0, False), (1, False)]
+    coord.on_reply(resolves[0].action_id, Result(), NOW_MS)
+    answer = only(coord.on_reply(resolves[1].action_id, Result(), NOW_MS))
+    assert answer.outcome is Outcome.ABORTED
 
 
 def test_misuse_is_refused() -> None:
@@ -462,6 +501,7 @@ def test_recovery_decides_at_home_then_resolves_its_group() -> None:
     recovery = Recovery(9, 0, DEADLINE_MS, 1)
     decide = only(recovery.start(DEADLINE_MS + 1))
     assert (decide.group, decide.command.state) == (0, TxnState.ABORTED)
+    assert decide.command.resolve_here  # the home group's own intents go with the decision
     retry = only(recovery.on_reply(decide.action_id, None, DEADLINE_MS + 2))
     answer = decide_result(TxnState.COMMITTED, NOW_MS + 5)
     resolve = only(recovery.on_reply(retry.action_id, answer, DEADLINE_MS + 3))
@@ -480,12 +520,14 @@ class OneTxn:
     written: list[tuple[bytes, int]]  # (digest, group)
 
 
-def one_txn(seed: int, group_count: int) -> OneTxn:
-    sim = Sim(seed, group_count)
+def one_txn(seed: int, group_count: int, *, home_outside: bool = False) -> OneTxn:
+    """One transaction over `group_count` groups, its home the group of its first key, or
+    with `home_outside` an extra group holding none of its keys (it gets a TxnBegin)."""
+    sim = Sim(seed, group_count + 1 if home_outside else group_count)
     rng = random.Random(seed * 7919 + group_count)
     written = []
     reads = []
-    for group in sim.groups:
+    for group in sim.groups[:group_count]:
         for n in range(rng.randint(1, 2)):
             key = key_in(group.group_id, group_count, n)
             group.put_record(key, {"n": 0})
@@ -499,7 +541,7 @@ def one_txn(seed: int, group_count: int) -> OneTxn:
         for key, _ in written
     ]
     reads.extend(sim.read(key, g)[1] for key, g in written if rng.random() < 0.25)
-    home = written[0][1]
+    home = group_count if home_outside else written[0][1]
     coord = Coordinator(
         77,
         home,
@@ -512,8 +554,10 @@ def one_txn(seed: int, group_count: int) -> OneTxn:
     return OneTxn(sim, coord, written)
 
 
-def run_one_txn(seed: int, group_count: int, stop: tuple[int, str] | None) -> OneTxn:
-    case = one_txn(seed, group_count)
+def run_one_txn(
+    seed: int, group_count: int, stop: tuple[int, str] | None, *, home_outside: bool = False
+) -> OneTxn:
+    case = one_txn(seed, group_count, home_outside=home_outside)
     sim, coord = case.sim, case.coordinator
     if stop is not None:
         sim.watch(coord, *stop)
@@ -559,8 +603,19 @@ def test_a_coordinator_stopped_after_any_step_leaves_all_or_nothing(
             run_one_txn(seed, group_count, (stop_after, mode))
 
 
-def _events_of(seed: int, group_count: int) -> int:
-    case = one_txn(seed, group_count)
+@pytest.mark.parametrize("mode", ["crash", "pause"])
+def test_a_home_group_outside_the_transaction_leaves_all_or_nothing(mode: str) -> None:
+    """The TxnBegin path: the home group holds none of the keys (the server never picks such
+    a home, the coordinator allows it)."""
+    for seed in SEEDS:
+        full = run_one_txn(seed, 2, None, home_outside=True)
+        assert full.coordinator.done, full.sim.why()
+        for stop_after in range(1, _events_of(seed, 2, home_outside=True) + 1):
+            run_one_txn(seed, 2, (stop_after, mode), home_outside=True)
+
+
+def _events_of(seed: int, group_count: int, *, home_outside: bool = False) -> int:
+    case = one_txn(seed, group_count, home_outside=home_outside)
     case.sim.watch(case.coordinator, 10**9, "crash")
     case.sim.start(case.coordinator)
     while case.sim.flights and not case.coordinator.done:
@@ -608,6 +663,33 @@ def test_a_late_coordinator_cannot_commit_after_recovery_aborted() -> None:
     assert coord.answer is not None and coord.answer.outcome is Outcome.ABORTED
     assert sim.commit_order == []
     assert [g.bins(key_in(g.group_id, 2, 0)) for g in sim.groups] == [{"n": 0}, {"n": 0}]
+
+
+def run_late_commit() -> Sim:
+    """A coordinator whose decide(COMMITTED, resolve_here) applies past the deadline, before
+    any recovery: the decide aborts, and must roll the home group back, not forward."""
+    sim = Sim(1, 2, faults=False)
+    for group in sim.groups:
+        group.put_record(key_in(group.group_id, 2, 0), {"n": 0})
+    writes = [increment(key_in(0, 2, 0)), increment(key_in(1, 2, 0))]
+    coord = Coordinator(5, 0, sim.clock + TIMEOUT_MS, [], writes, groups_of_two)
+    sim.start(coord)
+    while not any(isinstance(f.action.command, TxnDecide) for f in sim.flights):
+        sim._step_flight()
+    assert len(sim.groups[0].intents()) == 1, "the home group prepared"
+    sim.clock = coord.deadline_ms + 1  # the decide is delayed past the deadline
+    sim.settle()
+    assert coord.answer is not None and coord.answer.outcome is Outcome.ABORTED
+    return sim
+
+
+def check_late_commit(sim: Sim) -> None:
+    assert sim.commit_order == [] and sim.intents() == {}
+    assert [g.bins(key_in(g.group_id, 2, 0)) for g in sim.groups] == [{"n": 0}, {"n": 0}]
+
+
+def test_a_commit_decided_after_the_deadline_rolls_the_home_group_back() -> None:
+    check_late_commit(run_late_commit())
 
 
 # -- property: concurrent transfers against a serial model -----------------------------------
@@ -811,11 +893,59 @@ def test_the_simulation_catches_a_commit_despite_a_failed_prepare(
             return []
         self._phase = _Phase.DECIDING
         self._proposed = TxnState.COMMITTED
-        decide = TxnDecide(self.txn_id, now_ms, self.deadline_ms, TxnState.COMMITTED)
+        decide = TxnDecide(
+            self.txn_id, now_ms, self.deadline_ms, TxnState.COMMITTED, resolve_here=True
+        )
         return [self._proposals.propose(_Step(self.home_group, decide))]
 
     monkeypatch.setattr(Coordinator, "_decide_when_prepared", always_commit)
     assert _some_run_fails()
+
+
+def test_the_simulation_catches_a_home_prepare_that_rewrites_the_record(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A home prepare must begin only when it first applies: a duplicate that recreated the
+    record OPEN after the decide would let a recovery abort a committed transaction."""
+    real_prepare = txn_participant._prepare
+
+    def rewriting_prepare(store: Any, records: Any, ns: Any, cmd: TxnPrepare) -> Result:
+        if cmd.is_home:
+            record = txn_participant.TxnRecord(TxnState.OPEN, cmd.deadline_ms, cmd.participants, 0)
+            store.put_record(cmd.txn_id, record)
+        return real_prepare(store, records, ns, cmd)
+
+    monkeypatch.setattr(txn_participant, "_prepare", rewriting_prepare)
+    assert _some_run_fails()
+
+
+def test_the_late_commit_check_catches_a_decide_resolving_with_its_proposal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The home group's resolve folded into the decide must use the state decided (ABORTED
+    past the deadline), not the state proposed."""
+    real_decide = txn_participant._decide
+
+    def proposal_resolving_decide(store: Any, records: Any, cmd: TxnDecide) -> Result:
+        marker = store.marker(cmd.txn_id)
+        result = real_decide(store, records, replace(cmd, resolve_here=False))
+        if cmd.resolve_here and marker is not None and marker.digests:
+            committed = cmd.state is TxnState.COMMITTED
+            txn_participant._resolve_prepared(
+                store,
+                records,
+                cmd.txn_id,
+                marker,
+                committed=committed,
+                decided_ms=result.last_update_ms,
+            )
+            final = txn_participant._final_marker(cmd.txn_id, marker, committed, cmd.now_ms)
+            store.put_marker(cmd.txn_id, final)
+        return result
+
+    monkeypatch.setattr(txn_participant, "_decide", proposal_resolving_decide)
+    with pytest.raises(AssertionError):
+        check_late_commit(run_late_commit())
 
 
 def test_the_simulation_catches_resolved_groups_that_forget_too_soon(

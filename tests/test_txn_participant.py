@@ -48,6 +48,7 @@ from raftstore.txn_participant import (
     TXN_TABLES,
     Blocker,
     Intent,
+    TxnRecord,
     WriteAccess,
     apply_txn_command,
     blocked_result,
@@ -225,6 +226,8 @@ EXAMPLES: list[TxnCommand] = [
     TxnResolve(0, 0, False, 0),
     TxnForget(NOW_MS, (1, 2, 3)),
     TxnForget(NOW_MS, ()),
+    replace(prepare_cmd(7, [], [write_of(A, op.write("x", 1))], home=3), participants=(3, 9)),
+    TxnDecide(7, NOW_MS, DEADLINE_MS, TxnState.COMMITTED, resolve_here=True),
 ]
 
 
@@ -275,6 +278,11 @@ BAD_WIRES = [
     ("resolve flag int", _wire_with(5, (3,), 1)),
     ("forget ids", _wire_with(7, (2,), 1)),
     ("forget id str", _wire_with(7, (2, 0), "1")),
+    ("participants of a prepare", _wire_with(9, (7,), 3)),
+    ("participant too big", _wire_with(9, (7, 0), 4096)),
+    ("prepare too long", [*_wire_with(9, (7,), []), []]),
+    ("resolve_here int", _wire_with(10, (5,), 1)),
+    ("decide too long", [*_wire_with(10, (5,), True), True]),
 ]
 
 
@@ -292,6 +300,15 @@ def test_random_bytes_decode_or_fail_with_protocol_error(data: bytes) -> None:
         decode_txn_command(data)
     except RaftstoreError as exc:
         assert exc.code == ResultCode.PROTOCOL_ERROR
+
+
+def test_the_shorter_forms_of_prepare_and_decide_still_decode() -> None:
+    """Written before the folds: a prepare without participants, a decide without the flag."""
+    prepare = prepare_cmd(7, [TxnRead(C, 1, 2)], [write_of(A, op.delete())], home=3)
+    decide = TxnDecide(7, NOW_MS, DEADLINE_MS, TxnState.ABORTED)
+    for command in (prepare, decide):
+        wire = txn_command_to_wire(command)
+        assert txn_command_from_wire(wire[:-1]) == command
 
 
 def test_decide_results_carry_the_state() -> None:
@@ -632,6 +649,201 @@ def test_a_prepared_transaction_cannot_apply() -> None:
     group = Group()
     _prepared(group)
     assert group.apply(apply_cmd(9)).code == ResultCode.PARAMETER_ERROR
+
+
+# -- the folds: the home group's prepare begins, its decide resolves -----------------------------
+
+
+def home_prepare_cmd(
+    txn_id: int,
+    reads: Sequence[TxnRead] = (),
+    writes: Sequence[TxnWrite] = (),
+    *,
+    now_ms: int = NOW_MS,
+    deadline_ms: int = DEADLINE_MS,
+    participants: tuple[int, ...] = (0, 1),
+) -> TxnPrepare:
+    """The prepare of the home group 0 (it carries the participants)."""
+    command = prepare_cmd(txn_id, reads, writes, home=0, now_ms=now_ms, deadline_ms=deadline_ms)
+    return replace(command, participants=participants)
+
+
+def _home_prepared(group: Group, txn_id: int = 9) -> TxnPrepare:
+    group.put_record(A, {"bal": 10}, NOW_MS - 50)
+    group.put_record(C, {"bal": 1}, NOW_MS - 50)
+    reads = [read_of(group, A), read_of(group, C)]
+    writes = [write_of(A, op.increment("bal", -4)), write_of(B, op.write("bal", 4))]
+    prepare = home_prepare_cmd(txn_id, reads, writes)
+    result = group.apply(prepare)
+    assert (result.code, result.count) == (ResultCode.OK, 3)
+    return prepare
+
+
+def _outcome(group: Group, txn_id: int) -> TxnState | None:
+    with group.kv.begin() as txn:
+        return outcome_in_group(txn, txn_id, tables=TABLES)
+
+
+def test_the_home_prepare_creates_the_record_open_and_locks() -> None:
+    group = Group()
+    _home_prepared(group)
+    record = group.txn_record(9)
+    assert (record.state, record.deadline_ms, record.participants, record.decided_ms) == (
+        TxnState.OPEN,
+        DEADLINE_MS,
+        (0, 1),
+        0,
+    )
+    assert len(group.intents()) == 3 and group.bins(A) == {"bal": 10}
+    assert _outcome(group, 9) is TxnState.OPEN
+
+
+def test_a_repeated_home_prepare_is_answered_and_never_rewrites_the_record() -> None:
+    group = Group()
+    prepare = _home_prepared(group)
+    intents = group.intents()
+    retry = replace(prepare, now_ms=NOW_MS + 5, deadline_ms=DEADLINE_MS + 5, participants=(0, 2))
+    assert group.apply(retry) == Result(count=3)
+    assert group.intents() == intents
+    assert group.txn_record(9) == TxnRecord(TxnState.OPEN, DEADLINE_MS, (0, 1), 0)
+    decided = group.apply(TxnDecide(9, NOW_MS + 7, DEADLINE_MS, TxnState.COMMITTED, True))
+    assert state_of(decided) is TxnState.COMMITTED
+    late = group.apply(replace(prepare, now_ms=NOW_MS + 8))
+    assert late.code == ResultCode.MRT_COMMITTED  # from the marker the decide left
+    assert group.txn_record(9) == TxnRecord(TxnState.COMMITTED, DEADLINE_MS, (0, 1), NOW_MS + 7)
+    assert group.intents() == {} and group.bins(A) == {"bal": 6}
+
+
+def test_a_home_prepare_after_an_aborted_decide_locks_nothing() -> None:
+    """The decide applied first (the coordinator gave up on this prepare, or a recovery): it
+    created the record ABORTED; the late prepare is refused and locks nothing."""
+    group = Group()
+    aborted = group.apply(TxnDecide(9, NOW_MS, DEADLINE_MS, TxnState.ABORTED, resolve_here=True))
+    assert state_of(aborted) is TxnState.ABORTED
+    group.put_record(A, {"bal": 10})
+    prepare = home_prepare_cmd(9, [read_of(group, A)], [write_of(A, op.increment("bal", 1))])
+    assert group.apply(prepare).code == ResultCode.MRT_ABORTED
+    assert group.intents() == {} and group.bins(A) == {"bal": 10}
+    assert group.txn_record(9) == TxnRecord(TxnState.ABORTED, DEADLINE_MS, (), NOW_MS)
+    assert group.apply(prepare).code == ResultCode.MRT_ABORTED  # and again: the record answers
+    assert _outcome(group, 9) is TxnState.ABORTED
+
+
+def test_a_home_prepare_meeting_a_committed_record_is_refused() -> None:
+    group = Group()  # a TxnBegin's transaction, decided: nothing this prepare may lock
+    group.apply(TxnBegin(9, NOW_MS, DEADLINE_MS, (0, 1)))
+    group.apply(TxnDecide(9, NOW_MS, DEADLINE_MS, TxnState.COMMITTED))
+    prepare = home_prepare_cmd(9, [], [write_of(A, op.write("x", 1))])
+    assert group.apply(prepare).code == ResultCode.MRT_COMMITTED
+    assert group.intents() == {}
+
+
+def test_a_home_prepare_keeps_an_open_record_it_finds() -> None:
+    group = Group()
+    group.apply(TxnBegin(9, NOW_MS, DEADLINE_MS, (0, 1)))
+    prepare = home_prepare_cmd(9, [], [write_of(A, op.write("x", 1))], participants=(0, 1, 2))
+    assert group.apply(prepare).count == 1
+    assert group.txn_record(9) == TxnRecord(TxnState.OPEN, DEADLINE_MS, (0, 1), 0)
+
+
+def test_a_failed_home_prepare_leaves_no_record_and_the_decide_aborts() -> None:
+    group = Group()
+    assert group.apply(prepare_cmd(5, [], [write_of(A, op.write("x", 1))], home=1)).ok
+    prepare = home_prepare_cmd(
+        9, [], [write_of(A, op.write("x", 2)), write_of(B, op.write("y", 1))]
+    )
+    blocked = group.apply(prepare)
+    assert blocker_of(blocked) == Blocker(5, 1, DEADLINE_MS)
+    assert group.txn_record(9) is None and set(group.intents()) == {A}
+    assert group.apply(replace(prepare, now_ms=NOW_MS + 1)) == blocked  # from its marker
+    decided = group.apply(TxnDecide(9, NOW_MS + 2, DEADLINE_MS, TxnState.ABORTED, True))
+    assert (state_of(decided), decided.last_update_ms) == (TxnState.ABORTED, NOW_MS + 2)
+    assert group.txn_record(9).state is TxnState.ABORTED
+    assert group.apply(prepare) == blocked
+    assert set(group.intents()) == {A} and group.record(B) is None  # 5's lock only
+
+
+@pytest.mark.parametrize(
+    ("change", "code"),
+    [
+        ({"now_ms": DEADLINE_MS + 1}, ResultCode.MRT_EXPIRED),
+        ({"deadline_ms": NOW_MS + 120_001}, ResultCode.PARAMETER_ERROR),
+        ({"participants": (1, 0)}, ResultCode.PARAMETER_ERROR),
+        ({"participants": (1, 1)}, ResultCode.PARAMETER_ERROR),
+        ({"participants": (1, 2)}, ResultCode.PARAMETER_ERROR),  # home 0 not among them
+    ],
+    ids=["expired", "deadline too far", "descending", "repeated", "home missing"],
+)
+def test_the_home_prepare_checks_what_begin_checks(change: dict[str, Any], code: int) -> None:
+    group = Group()
+    prepare = replace(home_prepare_cmd(9, [], [write_of(A, op.write("x", 1))]), **change)
+    assert group.apply(prepare).code == code
+    assert group.txn_record(9) is None and group.intents() == {}
+    assert group.apply(prepare).code == code  # remembered
+
+
+def test_decide_with_resolve_here_commits_and_unlocks_the_home_group() -> None:
+    group = Group()
+    _home_prepared(group)
+    intent = group.intent(A)
+    assert intent is not None
+    expected_a = rolled_forward(intent, group.record(A), NOW_MS + 9)
+    decide = TxnDecide(9, NOW_MS + 9, DEADLINE_MS, TxnState.COMMITTED, resolve_here=True)
+    first = group.apply(decide)
+    assert first == decide_result(TxnState.COMMITTED, NOW_MS + 9)
+    assert group.intents() == {}
+    a, b, c = group.record(A), group.record(B), group.record(C)
+    assert a == expected_a
+    assert a is not None and (a.bins, a.generation, a.last_update_ms) == ({"bal": 6}, 2, NOW_MS + 9)
+    assert b is not None and (b.bins, b.generation, b.last_update_ms) == ({"bal": 4}, 1, NOW_MS + 9)
+    assert c is not None and c.generation == 1  # read lock: untouched
+    # Repeats: a retried decide, a recovery's, a late TxnResolve: answered, nothing redone.
+    assert group.apply(replace(decide, now_ms=NOW_MS + 20)) == first
+    recovery = TxnDecide(9, DEADLINE_MS + 1, DEADLINE_MS, TxnState.ABORTED, resolve_here=True)
+    assert group.apply(recovery) == first
+    assert group.apply(TxnResolve(9, NOW_MS + 30, True, NOW_MS + 9)).count == 0
+    assert group.record(A) == expected_a
+    assert _outcome(group, 9) is TxnState.COMMITTED
+
+
+def test_decide_with_resolve_here_aborts_and_unlocks_the_home_group() -> None:
+    group = Group()
+    _home_prepared(group)
+    result = group.apply(TxnDecide(9, NOW_MS + 9, DEADLINE_MS, TxnState.ABORTED, True))
+    assert state_of(result) is TxnState.ABORTED
+    assert group.intents() == {} and group.bins(A) == {"bal": 10} and group.record(B) is None
+    assert group.apply(TxnResolve(9, NOW_MS + 10, False, NOW_MS + 9)).ok
+
+
+def test_a_commit_decided_after_the_deadline_resolves_the_home_group_aborted() -> None:
+    group = Group()
+    _home_prepared(group)
+    late = TxnDecide(9, DEADLINE_MS + 1, DEADLINE_MS, TxnState.COMMITTED, resolve_here=True)
+    assert state_of(group.apply(late)) is TxnState.ABORTED
+    assert group.intents() == {} and group.bins(A) == {"bal": 10} and group.record(B) is None
+
+
+def test_decide_without_resolve_here_leaves_the_home_intents() -> None:
+    group = Group()
+    _home_prepared(group)
+    group.apply(TxnDecide(9, NOW_MS + 9, DEADLINE_MS, TxnState.COMMITTED))
+    assert len(group.intents()) == 3
+    assert group.apply(TxnResolve(9, NOW_MS + 10, True, NOW_MS + 9)).count == 2
+    assert group.bins(A) == {"bal": 6}
+
+
+def test_decide_with_resolve_here_refuses_whole_against_a_contrary_marker() -> None:
+    """A home group resolved aborted while its record is OPEN (a coordinator whose decide never
+    applied resolved every group aborted): a COMMITTED decide may not split the two. It cannot
+    happen (only that coordinator proposes COMMITTED); if it did, nothing would be written."""
+    group = Group()
+    _home_prepared(group)
+    group.apply(TxnResolve(9, NOW_MS + 5, False, 0))
+    result = group.apply(TxnDecide(9, NOW_MS + 9, DEADLINE_MS, TxnState.COMMITTED, True))
+    assert result.code == ResultCode.PARAMETER_ERROR
+    assert group.txn_record(9).state is TxnState.OPEN
+    aborted = group.apply(TxnDecide(9, DEADLINE_MS + 1, DEADLINE_MS, TxnState.ABORTED, True))
+    assert state_of(aborted) is TxnState.ABORTED
 
 
 # -- TxnForget ----------------------------------------------------------------------------------

@@ -338,6 +338,26 @@ def test_txn_commands_round_trip_the_log_codec_into_the_engine(engine: Engine) -
     assert bins(engine.read(digest("q"), [op.read("n")], NOW_MS + 10)) == {"n": 2}
 
 
+def test_the_folded_commands_round_trip_the_log_codec_into_the_engine(engine: Engine) -> None:
+    """The home group's prepare begins the transaction; its decide resolves it there."""
+    commands: list[LogCommand] = [
+        TxnPrepare(7, HOME, NOW_MS, DEADLINE_MS, (), (write("h", op.write("n", 1)),), (HOME, 5)),
+        TxnDecide(7, NOW_MS + 1, DEADLINE_MS, TxnState.COMMITTED, resolve_here=True),
+    ]
+    decoded = command_codec.decode_batch(command_codec.encode_batch(commands[:1]))
+    assert decoded == commands[:1]
+    prepared = engine.apply(1, decoded)
+    assert prepared is not None and prepared[0].count == 1
+    assert engine.txn_record(7) == TxnRecord(TxnState.OPEN, DEADLINE_MS, (HOME, 5), 0)
+    assert engine.locked_view(digest("h"))[0] is not None
+    decoded = command_codec.decode_batch(command_codec.encode_batch(commands[1:]))
+    assert decoded == commands[1:]
+    decided = engine.apply(2, decoded)
+    assert decided is not None and state_of(decided[0]) is TxnState.COMMITTED
+    assert engine.locked_view(digest("h"))[0] is None
+    assert bins(engine.read(digest("h"), [op.read("n")], NOW_MS + 10)) == {"n": 1}
+
+
 def test_a_malformed_txn_command_in_an_entry_is_a_protocol_error() -> None:
     good = command_codec.encode_batch([TxnForget(NOW_MS, (1,))])
     assert command_codec.decode_batch(good) == [TxnForget(NOW_MS, (1,))]

@@ -21,21 +21,27 @@ the leader of another group than the coordinator's): commands are stamped by the
 
 Steps (docs/transactions.md):
 - all keys in one group: TxnApply; its answer is the transaction's.
-- several groups: TxnBegin at home; TxnPrepare in every group (in parallel); after every
-  prepare answered, TxnDecide at home (COMMITTED only if every prepare succeeded); TxnResolve
-  in every group with the decided state; then the Answer.
+- several groups: TxnPrepare in every group at once, the home group's carrying the
+  participants (it begins the transaction: no TxnBegin); after every prepare answered,
+  TxnDecide at home (COMMITTED only if every prepare succeeded) with `resolve_here` (it also
+  resolves the home group); TxnResolve in every other group with the decided state; then the
+  Answer. A home group that is not a participant gets a TxnBegin first, and the prepares
+  only once it answered; its decide resolves nothing there.
+  2 groups: 4 commands in 3 rounds (prepare x2, decide+resolve, resolve).
 - outcome rules: the Answer is COMMITTED only after a decide (or an apply) answered so; it is
   IN_DOUBT only when a TxnApply or a TxnDecide(COMMITTED) was possibly applied and no retry
   learnt the state; everything else is ABORTED, definite: nothing was or ever will be applied.
   A decide given up on whose every attempt was definitely not applied aborts, because nobody
   but this coordinator proposes COMMITTED. An abort that could not be decided still resolves
-  every group aborted: no one can commit the transaction any more.
+  every group aborted, the home group too (no decide resolved it): no one can commit the
+  transaction any more.
 - a resolve given up on is left to recovery (past the deadline, anyone who meets the intent
   asks the home group); the Answer still tells the decided state.
 
 `Recovery(txn_id, home, deadline_ms, group)` is what a node does with an intent past its
-deadline: TxnDecide(ABORTED) at home, whose answer is the final state (COMMITTED if the
-coordinator decided first), then TxnResolve in the intent's group with that state.
+deadline: TxnDecide(ABORTED, resolve_here) at home, whose answer is the final state (COMMITTED
+if the coordinator decided first) and which resolves the home group's own intents with it,
+then TxnResolve in the intent's group with that state (a repeat if that is the home group).
 """
 
 from __future__ import annotations
@@ -195,6 +201,7 @@ class Coordinator:
         self.attempts_max = attempts_max
         self._group_of = {d: groups_of(d) for d in self._digests()}
         self.groups = tuple(sorted(set(self._group_of.values())))
+        self._home_participates = home_group in self.groups
         self._phase = _Phase.NEW
         self._proposals = _Proposals()
         self._prepared: dict[int, Result | None] = {}  # group -> answer (None: gave up)
@@ -227,6 +234,8 @@ class Coordinator:
             self._phase = _Phase.APPLYING
             apply = TxnApply(self.txn_id, now_ms, self.deadline_ms, self.reads, self.writes)
             return [self._proposals.propose(_Step(self.groups[0], apply))]
+        if self._home_participates:
+            return self._prepare_all(now_ms)  # the home group's prepare begins
         self._phase = _Phase.BEGINNING
         begin = TxnBegin(self.txn_id, now_ms, self.deadline_ms, self.groups)
         return [self._proposals.propose(_Step(self.home_group, begin))]
@@ -264,7 +273,10 @@ class Coordinator:
         if phase is _Phase.DECIDING:
             state = state_of(reply)
             if state is TxnState.COMMITTED or state is TxnState.ABORTED:
-                return self._resolve_all(state, reply.last_update_ms, now_ms)
+                home_resolved = self._home_participates  # the decide resolved it
+                return self._resolve_all(
+                    state, reply.last_update_ms, now_ms, home_resolved=home_resolved
+                )
             # A decide failing definitely (a bug) did not apply: like a decide given up on.
             return self._decide_given_up(step, now_ms)
         assert phase is _Phase.RESOLVING, phase
@@ -293,8 +305,15 @@ class Coordinator:
         for group in self.groups:
             reads = tuple(r for r in self.reads if self._group_of[r.digest] == group)
             writes = tuple(w for w in self.writes if self._group_of[w.digest] == group)
+            begins = self._home_participates and group == self.home_group
             prepare = TxnPrepare(
-                self.txn_id, self.home_group, now_ms, self.deadline_ms, reads, writes
+                self.txn_id,
+                self.home_group,
+                now_ms,
+                self.deadline_ms,
+                reads,
+                writes,
+                participants=self.groups if begins else (),
             )
             actions.append(self._proposals.propose(_Step(group, prepare)))
         return actions
@@ -305,31 +324,47 @@ class Coordinator:
         self._phase = _Phase.DECIDING
         all_prepared = all(r is not None and r.ok for r in self._prepared.values())
         self._proposed = TxnState.COMMITTED if all_prepared else TxnState.ABORTED
-        decide = TxnDecide(self.txn_id, now_ms, self.deadline_ms, self._proposed)
+        decide = TxnDecide(
+            self.txn_id,
+            now_ms,
+            self.deadline_ms,
+            self._proposed,
+            resolve_here=self._home_participates,
+        )
         return [self._proposals.propose(_Step(self.home_group, decide))]
 
     def _decide_given_up(self, step: _Step, now_ms: int) -> list[Action]:
         if self._proposed is TxnState.COMMITTED and step.maybe_applied:
             return [self._finish(Outcome.IN_DOUBT, ResultCode.TIMEOUT, "decide outcome unknown")]
         # Only this coordinator ever proposes COMMITTED, and its proposal never applied (or it
-        # proposed ABORTED): the transaction can only end aborted.
-        return self._resolve_all(TxnState.ABORTED, 0, now_ms)
+        # proposed ABORTED): the transaction can only end aborted. No decide answered, so no
+        # decide resolved the home group: it gets a TxnResolve like the others.
+        return self._resolve_all(TxnState.ABORTED, 0, now_ms, home_resolved=False)
 
-    def _resolve_all(self, state: TxnState, decided_ms: int, now_ms: int) -> list[Action]:
+    def _resolve_all(
+        self, state: TxnState, decided_ms: int, now_ms: int, *, home_resolved: bool
+    ) -> list[Action]:
+        """TxnResolve in every participant group but the home group when the decide that
+        answered (with `resolve_here`) resolved it already."""
         self._phase = _Phase.RESOLVING
         self._decision = state
         self._decided_ms = decided_ms
+        if home_resolved:
+            self._resolved.add(self.home_group)
         committed = state is TxnState.COMMITTED
-        return [
+        actions: list[Action] = [
             self._proposals.propose(
                 _Step(group, TxnResolve(self.txn_id, now_ms, committed, decided_ms))
             )
             for group in self.groups
+            if group not in self._resolved
         ]
+        return actions or self._resolved_one(None)
 
-    def _resolved_one(self, group: int) -> list[Action]:
-        self._resolved.add(group)
-        if len(self._resolved) < len(self.groups):
+    def _resolved_one(self, group: int | None) -> list[Action]:
+        if group is not None:
+            self._resolved.add(group)
+        if not self._resolved.issuperset(self.groups):
             return []
         if self._decision is TxnState.COMMITTED:
             return [self._finish(Outcome.COMMITTED, ResultCode.OK, "committed")]
@@ -391,7 +426,11 @@ class Recovery:
         if now_ms <= self.deadline_ms:
             raise CoordinatorMisuse("recovering before the deadline would abort a live txn")
         self._started = True
-        decide = TxnDecide(self.txn_id, now_ms, self.deadline_ms, TxnState.ABORTED)
+        # resolve_here: the home group's own intents go in the same command (a home group
+        # that never prepared is left as it is; the record refuses a late prepare).
+        decide = TxnDecide(
+            self.txn_id, now_ms, self.deadline_ms, TxnState.ABORTED, resolve_here=True
+        )
         return [self._proposals.propose(_Step(self.home_group, decide))]
 
     def on_reply(self, action_id: int, reply: Result | None, now_ms: int) -> list[Action]:
