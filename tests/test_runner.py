@@ -161,13 +161,14 @@ def test_a_register_run_under_kill_is_valid_and_leaves_its_files(tmp_path: Path)
     assert again["checker"] == results["checker"]["details"]["cas-register"]["checker"]
 
 
-def test_a_register_run_under_partition_is_valid_or_refused(tmp_path: Path) -> None:
-    store = tmp_path / "store"
+def partition_run(store: Path, workload: str, seed: int) -> tuple[Done, bool]:
+    """A short 3-node run under partition; whether namespaces were available. Without them
+    the run must be refused in one line and leave nothing."""
     before = netns_list()
     available, reason = netns.available()
     done = jepsen_like(
-        "test", "--workload", "register", "--nemesis", "partition", "--nodes", "3",
-        "--concurrency", "4", "--time-limit", "10", "--rate", "100", "--seed", "13",
+        "test", "--workload", workload, "--nemesis", "partition", "--nodes", "3",
+        "--concurrency", "4", "--time-limit", "10", "--rate", "100", "--seed", str(seed),
         "--nemesis-interval", "1.5,3", "--store", str(store),
         timeout_s=RUN_TIMEOUT_S,
     )  # fmt: skip
@@ -175,6 +176,14 @@ def test_a_register_run_under_partition_is_valid_or_refused(tmp_path: Path) -> N
     if not available:
         assert done.returncode == 2
         assert done.stderr.strip() == f"jepsen-like test: {reason}"
+        assert not store.exists()
+    return done, available
+
+
+def test_a_register_run_under_partition_is_valid_or_refused(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    done, available = partition_run(store, "register", 13)
+    if not available:
         return
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.startswith("valid: ")
@@ -188,19 +197,8 @@ def test_a_register_run_under_partition_is_valid_or_refused(tmp_path: Path) -> N
 
 def test_a_set_run_under_partition_is_valid_or_refused(tmp_path: Path) -> None:
     store = tmp_path / "store"
-    before = netns_list()
-    available, reason = netns.available()
-    done = jepsen_like(
-        "test", "--workload", "set", "--nemesis", "partition", "--nodes", "3",
-        "--concurrency", "4", "--time-limit", "10", "--rate", "100", "--seed", "11",
-        "--nemesis-interval", "1.5,3", "--store", str(store),
-        timeout_s=RUN_TIMEOUT_S,
-    )  # fmt: skip
-    assert_clean(store, done, before)
+    done, available = partition_run(store, "set", 11)
     if not available:
-        assert done.returncode == 2
-        assert done.stderr.strip() == f"jepsen-like test: {reason}"
-        assert not store.exists()
         return
     assert done.returncode == 0, done.stdout + done.stderr
     directory = run_directory(store)
