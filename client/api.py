@@ -46,9 +46,9 @@ from client.txn import (
     Transaction,
     apply_local,
     record_from_read,
-    ttl_of,
 )
 from raftstore import keys, limits, wire
+from raftstore.clock import ttl_left
 from raftstore.config import check_namespace_name
 from raftstore.errors import RaftstoreError, ResultCode, error, is_definite
 from raftstore.ops import Op, is_read_only
@@ -1101,7 +1101,7 @@ def _local_response(
     if record is None or record.tombstone:
         return wire.Response(results=tuple(results))
     return wire.Response(
-        generation=record.generation, ttl=ttl_of(record, now_ms), results=tuple(results)
+        generation=record.generation, ttl=ttl_left(record.void_time, now_ms), results=tuple(results)
     )
 
 

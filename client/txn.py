@@ -40,7 +40,7 @@ from dataclasses import dataclass, field, replace
 
 from client.key_tuples import KeyRef
 from raftstore import codec, limits, operations, wire
-from raftstore.clock import TTL_NAMESPACE_DEFAULT, citrusleaf_seconds, ttl_left
+from raftstore.clock import TTL_NAMESPACE_DEFAULT, citrusleaf_seconds
 from raftstore.config import NamespaceConfig
 from raftstore.errors import ResultCode, error
 from raftstore.ops import Op
@@ -232,10 +232,6 @@ def apply_local(
 ) -> operations.Outcome:
     """`ops` on the transaction's view of a record, as the server would (default settings)."""
     return _apply(_live(record, now_ms), ref, ops, policy, now_ms)
-
-
-def ttl_of(record: Record, now_ms: int) -> int:
-    return ttl_left(record.void_time, now_ms)
 
 
 def record_from_read(

@@ -2,13 +2,16 @@
 and a 3-node cluster under kill, pause and partition.
 
 Tests that truly need a namespace (root, `ip`, `nft`) skip with `netns.available()`'s one
-line; the partition tests on the cluster assert the refusal instead when it is unavailable,
+line, except where the environment promises namespaces (`REQUIRE_NETNS`, set by `.ci/run`
+once it installed nftables as root): there a missing namespace fails instead of skipping;
+the partition tests on the cluster assert the refusal instead when it is unavailable,
 and the cluster then runs on 127.0.0.1 for kill and pause. Pure parts (grudges, targets,
 schedules) run everywhere. Every wait has a deadline; every process is stopped by its pid.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import select
@@ -85,9 +88,14 @@ for _ in sys.stdin:
 """
 
 
+REQUIRE_NETNS = "RAFTSTORE_REQUIRE_NETNS"
+
+
 def needs_namespace() -> None:
     ok, reason = netns.available()
     if not ok:
+        if os.environ.get(REQUIRE_NETNS):
+            pytest.fail(f"{REQUIRE_NETNS} is set but {reason}")
         pytest.skip(reason)
 
 
@@ -252,6 +260,9 @@ def test_availability_is_a_verdict_and_one_line() -> None:
     assert isinstance(ok, bool)
     assert "\n" not in reason
     assert ok or reason.startswith("partition needs root and nftables: ")
+    # Where namespaces are promised (CI), the refusal paths of the other tests must not be
+    # what runs: they would pass without a single partition.
+    assert ok or not os.environ.get(REQUIRE_NETNS), reason
 
 
 def test_partition_is_refused_in_one_line_without_a_namespace(
