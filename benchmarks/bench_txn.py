@@ -41,7 +41,7 @@ from raftstore import keys  # noqa: E402
 from server import launcher  # noqa: E402
 
 NS = "test"
-GROUPS = 4
+GROUPS = launcher.PARTITION_GROUPS_DEFAULT
 WARMUP_S = 1.0
 LOW, HIGH = 10_000, 8
 PHASES = (

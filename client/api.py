@@ -468,11 +468,15 @@ class Client:
     def _txn_fetch(
         self, cluster: Cluster, txn: Transaction, refs: Sequence[KeyRef], policy: Policy
     ) -> None:
-        """Read (linearizably, in one round) the keys the transaction has not read yet."""
+        """Read (in one round) the keys the transaction has not read yet.
+
+        SESSION reads: the leader answers from what it has applied, with no round of the log.
+        A deposed leader's stale answer cannot commit: the commit checks every read version
+        under the transaction's locks, so a stale version fails it (121, definite)."""
         wanted = {ref.digest: ref for ref in refs if txn.cached(ref.digest) is None}
         if not wanted:
             return
-        read_policy = replace(policy, read_mode=wire.ReadMode.LINEARIZE)
+        read_policy = replace(policy, read_mode=wire.ReadMode.SESSION)
         calls = [
             self._call(cluster, ref, (op.read(),), read_policy, None) for ref in wanted.values()
         ]

@@ -12,9 +12,10 @@
 
 Rules (docs/transactions.md has the server's half):
 - One namespace per transaction. Its home group is the group of the first key it touches.
-- A key's first read goes to its leader (linearizable) and is kept with its version
-  (generation, last-update ms; (0, 0) when absent): later reads of it are repeatable and see
-  the transaction's own writes, applied locally by the pure `raftstore.operations`.
+- A key's first read goes to its leader (SESSION: no log round; the commit validates it) and
+  is kept with its version (generation, last-update ms; (0, 0) when absent): later reads of
+  it are repeatable and see the transaction's own writes, applied locally by the pure
+  `raftstore.operations`.
 - `put` / `remove` are buffered as op lists, nothing is sent before the commit, and nothing
   is visible to anyone else before it. An `operate` reads the record first (its results
   depend on it). The first write of a key may carry exists/gen conditions; later writes of

@@ -35,7 +35,7 @@ from raftstore.wire import FrameReader, InfoMsg, decode_response, encode_request
 LOCALHOST = "127.0.0.1"
 RAFT_PORT_OFFSET = 1000
 RAFT_PORTS_PER_NODE = 256
-PARTITION_GROUPS = 4
+PARTITION_GROUPS = 2
 NAMESPACE = "test"
 NODES_MAX = 9
 

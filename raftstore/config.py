@@ -12,7 +12,7 @@ from raftstore.errors import ResultCode, error
 class NamespaceConfig:
     name: str
     replication_factor: int = 3  # replication-factor
-    partition_groups: int = 4  # partition-groups: Raft groups the 4096 partitions spread over
+    partition_groups: int = 2  # partition-groups: Raft groups the 4096 partitions spread over
     strong_consistency: bool = True  # strong-consistency
     commit_to_device: bool = False  # commit-to-device: fsync before acknowledging
     default_ttl_s: int = 0  # default-ttl: 0 = never expire

@@ -320,7 +320,7 @@ class ExpirySweep:
 
     def candidates(
         self,
-        entries_of: Callable[[int], int],
+        expiring_of: Callable[[int], int],
         metas_of: Callable[[int], Sequence[tuple[bytes, RecordMeta]]],
         now_ms: int,
         *,
@@ -328,7 +328,9 @@ class ExpirySweep:
         scan_entries_max: int = limits.EXPIRE_SCAN_ENTRIES_MAX,
     ) -> list[bytes]:
         """Up to `digests_max` expired digests, sorted, looking at about `scan_entries_max`
-        index entries and at most every partition once."""
+        index entries and at most every partition once. A partition where `expiring_of`
+        counts no record with a void time is skipped unread: without TTLs a sweep is
+        free (it used to copy every index entry each second, a tenth of a busy leader's CPU)."""
         found: list[bytes] = []
         scanned = 0
         for _ in range(limits.PARTITIONS):
@@ -336,7 +338,7 @@ class ExpirySweep:
                 break
             partition_id = self.next_partition
             self.next_partition = (partition_id + 1) % limits.PARTITIONS
-            if not entries_of(partition_id):
+            if not expiring_of(partition_id):
                 continue
             metas = metas_of(partition_id)
             scanned += len(metas)
@@ -526,7 +528,7 @@ class GroupRuntime:
         futures: list[Future[Result]] = []
         if self._expire is None or self._expire.done():
             digests = self._sweep.candidates(
-                self._engine.index.partition_count, self._partition_metas, now_ms
+                self._engine.index.expiring_count, self._partition_metas, now_ms
             )
             if digests:
                 self._expire = self.submit(Expire(now_ms, tuple(digests)))

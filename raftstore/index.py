@@ -48,8 +48,10 @@ objects per partition. Measured at 1,000,000 records with tracemalloc
 (benchmarks/bench_index.py): 48 bytes a record after puts, 47 after a load, all included.
 Empty partitions share one zero-slot table that is never written: inserting grows it first.
 
-Counters (entries, tombstones, per-set records and tombstones, table bytes) follow every
-change, so `stats` never scans. `check` scans everything and asserts all of the above.
+Counters (entries, tombstones, per-set records and tombstones, table bytes, and per partition
+the live entries with a void time, which the expiry sweep reads to skip partitions where
+nothing can expire) follow every change, so `stats` never scans. `check` scans everything
+and asserts all of the above.
 """
 
 from __future__ import annotations
@@ -89,6 +91,7 @@ _VALUE = struct.Struct(">HHIHI")
 _SLOT = struct.Struct(f">{KEY_BYTES}sHHIHI")
 assert _SLOT.size == SLOT_BYTES == KEY_BYTES + _VALUE.size
 _SLOT_KEY = struct.Struct(f">{KEY_BYTES}sH{_VALUE.size - 2}x")  # key and flags only
+_FLAGS_VOID = struct.Struct(">H2xI")  # flags and void_time, from the flags' offset
 _SLOT_IMAGES = struct.Struct(f"{SLOT_BYTES}s")  # a slot as one bytes object
 _FLAGS_OFFSET = KEY_BYTES
 _LOW_32 = 2**32 - 1
@@ -191,21 +194,21 @@ class _Table:
         self.count += 1
         return True
 
-    def replace(self, slot: int, value: bytes) -> int:
-        """Overwrite the value at `slot`; the flags it had."""
+    def replace(self, slot: int, value: bytes) -> tuple[int, int]:
+        """Overwrite the value at `slot`; the flags and void time it had."""
         slots = self.slots
         offset = slot << _SLOT_SHIFT
-        old_flags = slots[offset + _FLAGS_OFFSET] << 8 | slots[offset + _FLAGS_OFFSET + 1]
+        old_flags, old_void_time = _FLAGS_VOID.unpack_from(slots, offset + _FLAGS_OFFSET)
         slots[offset + KEY_BYTES : offset + SLOT_BYTES] = value
-        return old_flags
+        return old_flags, old_void_time
 
-    def delete(self, slot: int) -> int:
-        """Remove the entry at `slot` by backward shift; the flags it had."""
+    def delete(self, slot: int) -> tuple[int, int]:
+        """Remove the entry at `slot` by backward shift; the flags and void time it had."""
         tags = self.tags
         slots = self.slots
         home_slots = self.home_slots
         offset = slot << _SLOT_SHIFT
-        old_flags = slots[offset + _FLAGS_OFFSET] << 8 | slots[offset + _FLAGS_OFFSET + 1]
+        old_flags, old_void_time = _FLAGS_VOID.unpack_from(slots, offset + _FLAGS_OFFSET)
         end = slot + 1
         # Entries after the hole that are not at their home move one slot left.
         while tags[end]:
@@ -223,7 +226,7 @@ class _Table:
         slots[last : last + SLOT_BYTES] = _ZERO_SLOT
         tags[end - 1] = 0
         self.count -= 1
-        return old_flags
+        return old_flags, old_void_time
 
     def rebuild(self, home_slots: int) -> None:
         """Re-place every entry for `home_slots` home slots (grow, shrink or make room)."""
@@ -312,6 +315,11 @@ def _partition_ids(partition_id: int | None) -> Iterable[int]:
     return (partition_id,)
 
 
+def _expires(flags: int, void_time: int) -> int:
+    """1 if an entry with these flags and void time can expire (a live record with a TTL)."""
+    return 1 if void_time and not flags & _TOMBSTONE else 0
+
+
 def _digest_prefixes(partition_id: int) -> list[bytes]:
     """digest[0:2] of the partition's digests, by nibble (the 4 bits the partition leaves)."""
     low, high = partition_id & 0xFF, partition_id >> 8
@@ -331,6 +339,8 @@ class PrimaryIndex:
         self._set_records = [0] * (limits.SETS_PER_NAMESPACE_MAX + 1)
         self._set_tombstones = [0] * (limits.SETS_PER_NAMESPACE_MAX + 1)
         self._table_bytes = 0
+        # Per partition: live entries with a void time, so the expiry sweep skips the rest.
+        self._expiring = [0] * limits.PARTITIONS
 
     # -- sets ---------------------------------------------------------------------------------
 
@@ -386,28 +396,36 @@ class PrimaryIndex:
             last_update_ms >> 32,
             last_update_ms & _LOW_32,
         )
-        table = self._tables[(digest[0] | digest[1] << 8) & _PARTITION_MASK]
+        partition_id = (digest[0] | digest[1] << 8) & _PARTITION_MASK
+        table = self._tables[partition_id]
         key = digest[DIGEST_KEY_START:]
         tag = _TAG_OCCUPIED | digest[1] >> 4
         slot = table.find(key, tag)
+        expiring = _expires(flags, meta.void_time)
         if slot >= 0:
-            old_flags = table.replace(slot, value)
+            old_flags, old_void_time = table.replace(slot, value)
             if old_flags != flags:
                 self._count(old_flags, -1)
                 self._count(flags, 1)
+            expiring -= _expires(old_flags, old_void_time)
         else:
             self._insert(table, ~slot, key, tag, value)
             self._entries += 1
             self._count(flags, 1)
+        if expiring:
+            self._expiring[partition_id] += expiring
 
     def remove(self, digest: bytes) -> bool:
         """Remove the entry of `digest`; True if it was there."""
         assert len(digest) == limits.DIGEST_BYTES, digest
-        table = self._tables[(digest[0] | digest[1] << 8) & _PARTITION_MASK]
+        partition_id = (digest[0] | digest[1] << 8) & _PARTITION_MASK
+        table = self._tables[partition_id]
         slot = table.find(digest[DIGEST_KEY_START:], _TAG_OCCUPIED | digest[1] >> 4)
         if slot < 0:
             return False
-        self._count(table.delete(slot), -1)
+        old_flags, old_void_time = table.delete(slot)
+        self._count(old_flags, -1)
+        self._expiring[partition_id] -= _expires(old_flags, old_void_time)
         self._entries -= 1
         if table.count < table.shrink_below:
             home_slots = _home_slots_for(table.count, LOAD_AFTER_RESIZE) if table.count else 0
@@ -427,7 +445,9 @@ class PrimaryIndex:
         for digest, meta in items:
             flags = self._flags(digest, meta)
             last_update_ms = meta.last_update_ms
-            buckets[(digest[0] | digest[1] << 8) & _PARTITION_MASK].append(
+            partition_id = (digest[0] | digest[1] << 8) & _PARTITION_MASK
+            self._expiring[partition_id] += _expires(flags, meta.void_time)
+            buckets[partition_id].append(
                 _SLOT.pack(
                     digest[DIGEST_KEY_START:],
                     flags,
@@ -450,6 +470,7 @@ class PrimaryIndex:
         self._set_records = [0] * (limits.SETS_PER_NAMESPACE_MAX + 1)
         self._set_tombstones = [0] * (limits.SETS_PER_NAMESPACE_MAX + 1)
         self._table_bytes = 0
+        self._expiring = [0] * limits.PARTITIONS
 
     def items(self, partition_id: int | None = None) -> Iterator[tuple[bytes, RecordMeta]]:
         """Entries of one partition or all, in no particular order. Each partition is copied
@@ -486,6 +507,11 @@ class PrimaryIndex:
         assert 0 <= partition_id < limits.PARTITIONS, partition_id
         return self._tables[partition_id].count
 
+    def expiring_count(self, partition_id: int) -> int:
+        """Live entries (not tombstones) of one partition that have a void time."""
+        assert 0 <= partition_id < limits.PARTITIONS, partition_id
+        return self._expiring[partition_id]
+
     def stats(self) -> IndexStats:
         """Counters kept by every change: no scan. Every registered set is listed, and ""
         (records in no set) when it has any."""
@@ -506,8 +532,9 @@ class PrimaryIndex:
         """Assert every table's invariants and every counter, by a full scan (for tests)."""
         records = [0] * len(self._set_records)
         tombstones = [0] * len(self._set_tombstones)
+        expiring = [0] * limits.PARTITIONS
         table_bytes = 0
-        for table in self._tables:
+        for partition_id, table in enumerate(self._tables):
             if table.slots is _NO_SLOTS:
                 assert table.count == 0 and table.home_slots == 0 and not any(table.tags)
                 continue
@@ -515,10 +542,12 @@ class PrimaryIndex:
             table_bytes += table.nbytes()
             for slot in table.occupied():
                 offset = (slot << _SLOT_SHIFT) + _FLAGS_OFFSET
-                flags = int.from_bytes(table.slots[offset : offset + 2], "big")
+                flags, void_time = _FLAGS_VOID.unpack_from(table.slots, offset)
                 set_id = flags & _SET_ID_MASK
                 assert set_id == 0 or self._set_names[set_id], set_id
                 (tombstones if flags & _TOMBSTONE else records)[set_id] += 1
+                expiring[partition_id] += _expires(flags, void_time)
+        assert expiring == self._expiring
         assert records == self._set_records
         assert tombstones == self._set_tombstones
         assert sum(tombstones) == self._tombstones

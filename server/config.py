@@ -17,7 +17,7 @@ raft-port-base = 4000          # partition group k uses raft-port-base + k
 [[namespaces]]
 name = "test"
 replication-factor = 3
-partition-groups = 4
+partition-groups = 2
 strong-consistency = true
 commit-to-device = false
 default-ttl = 0

@@ -41,7 +41,10 @@ from raftstore.errors import RaftstoreError
 from raftstore.wire import FrameReader, InfoMsg, decode_response, encode_request
 
 NAMESPACE_DEFAULT = "test"
-PARTITION_GROUPS_DEFAULT = 4  # 2 cores: few Raft threads, yet several groups to cross
+# 2 cores: the fewest groups that still cross. Fewer groups make larger log entries (64 writes
+# in flight: 20 a log entry at 2 groups, 8 at 4) and fewer Raft threads: 2 groups wrote about
+# 1.6x as fast as 4 (benchmarks/bench_cluster.py).
+PARTITION_GROUPS_DEFAULT = 2
 RAFT_PORT_OFFSET = 1000
 RAFT_PORTS_PER_NODE = 256
 START_TIMEOUT_S = 90.0
@@ -149,6 +152,7 @@ def write_configs(
     *,
     compaction_entries: int = 5000,
     commit_to_device: bool = False,
+    partition_groups: int = PARTITION_GROUPS_DEFAULT,
     hosts: Sequence[str] | None = None,
     netns: str | None = None,
     gids: Sequence[int] | None = None,
@@ -214,7 +218,7 @@ def write_configs(
             f'log-file = "node.log"\nlog-compaction-entries = {compaction_entries}\n'
             f'{members}\n[[namespaces]]\nname = "{NAMESPACE_DEFAULT}"\n'
             f"replication-factor = {replication}\n"
-            f"partition-groups = {PARTITION_GROUPS_DEFAULT}\n"
+            f"partition-groups = {partition_groups}\n"
             f"commit-to-device = {str(commit_to_device).lower()}\n",
             encoding="utf-8",
         )
@@ -230,6 +234,7 @@ def start(
     quiet: bool = False,
     compaction_entries: int = 5000,
     commit_to_device: bool = False,
+    partition_groups: int = PARTITION_GROUPS_DEFAULT,
     hosts: Sequence[str] | None = None,
     netns: str | None = None,
     gids: Sequence[int] | None = None,
@@ -240,6 +245,7 @@ def start(
         base_port,
         compaction_entries=compaction_entries,
         commit_to_device=commit_to_device,
+        partition_groups=partition_groups,
         hosts=hosts,
         netns=netns,
         gids=gids,

@@ -79,7 +79,7 @@ class Node:
         self._counters_lock = threading.Lock()
         self._stop = threading.Event()
         self._jobs_thread: threading.Thread | None = None
-        self.txns = TxnService(self, Peer([(n.host, n.port) for n in config.nodes]))
+        self.txns = TxnService(self, Peer(self.map))
 
     # -- life cycle --------------------------------------------------------------------------
 

@@ -103,9 +103,13 @@ class _Timeouts:
         self._thread.start()
 
     def add(self, once: _Once, after_s: float) -> None:
+        entry = (time.monotonic() + after_s, next(self._counter), once)
         with self._wake:
-            heapq.heappush(self._heap, (time.monotonic() + after_s, next(self._counter), once))
-            self._wake.notify()
+            heapq.heappush(self._heap, entry)
+            # Wake the thread only for a new earliest deadline: every step adds one, and a
+            # wake-up per step (a thread switch each) was a visible share of a node's CPU.
+            if self._heap[0] is entry:
+                self._wake.notify()
 
     def close(self) -> None:
         with self._wake:

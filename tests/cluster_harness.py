@@ -17,7 +17,7 @@ from server import launcher
 PORT_RANGE = (20000, 40000)
 
 
-def free_base_port(node_count: int) -> int:
+def free_base_port(node_count: int, groups: int = launcher.PARTITION_GROUPS_DEFAULT) -> int:
     """A base port whose client and Raft ports (see launcher) are all free now."""
     rng = random.Random()
     for _ in range(200):
@@ -26,7 +26,7 @@ def free_base_port(node_count: int) -> int:
         ports += [
             base + launcher.RAFT_PORT_OFFSET + i * launcher.RAFT_PORTS_PER_NODE + g
             for i in range(node_count)
-            for g in range(launcher.PARTITION_GROUPS_DEFAULT)
+            for g in range(groups)
         ]
         if all(_bindable(port) for port in ports):
             return base
@@ -47,7 +47,8 @@ class Cluster:
         self.data = data
         self.node_count = node_count
         self.options = options
-        self.base_port = free_base_port(node_count)
+        groups = options.get("partition_groups", launcher.PARTITION_GROUPS_DEFAULT)
+        self.base_port = free_base_port(node_count, groups)
         self.nodes: list[launcher.LocalNode] = []
 
     @property

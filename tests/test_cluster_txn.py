@@ -1,4 +1,4 @@
-"""Transactions through the SDK against one real 3-node cluster (4 partition groups).
+"""Transactions through the SDK against one real 3-node cluster of 4 partition groups.
 
 Every error code of docs/transactions.md is produced on purpose here: 120 (a record locked by
 a prepared transaction, made by sending the protocol's own steps by hand), 121 (a write
@@ -33,7 +33,7 @@ from raftstore.txn_commands import TxnBegin, TxnDecide, TxnPrepare, TxnState, Tx
 from tests.cluster_harness import Cluster, running_cluster
 
 NS = "test"
-GROUPS = 4  # the launcher's default partition-groups
+GROUPS = 4  # more than the default 2, for transactions over four groups
 WAIT_S = 30.0
 TIMEOUT_MS = 10_000
 POLICIES = {kind: {"total_timeout": TIMEOUT_MS} for kind in ("read", "write", "operate", "batch")}
@@ -41,7 +41,9 @@ POLICIES = {kind: {"total_timeout": TIMEOUT_MS} for kind in ("read", "write", "o
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    with running_cluster(tmp_path_factory.mktemp("txn-cluster"), 3) as running:
+    with running_cluster(
+        tmp_path_factory.mktemp("txn-cluster"), 3, partition_groups=GROUPS
+    ) as running:
         yield running
 
 

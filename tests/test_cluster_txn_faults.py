@@ -27,10 +27,11 @@ import pytest
 import client
 from client import exception as ex
 from raftstore import keys
+from server import launcher
 from tests.cluster_harness import Cluster, running_cluster
 
 NS = "test"
-GROUPS = 4
+GROUPS = launcher.PARTITION_GROUPS_DEFAULT
 ACCOUNTS = 12
 START_BALANCE = 100
 WORKERS = 4

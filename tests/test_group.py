@@ -271,20 +271,27 @@ def test_expiry_sweep_is_bounded_and_resumes_where_it_stopped() -> None:
         for pid in (3, 7, 4000)
     }
 
-    def entries_of(pid: int) -> int:
-        return len(table.get(pid, []))
+    no_ttl = 5  # a partition whose records cannot expire: never read
+    table[no_ttl] = [(bytes([no_ttl, 0, 0]), live)]
+
+    def expiring_of(pid: int) -> int:
+        return sum(1 for _, m in table.get(pid, []) if m.void_time and not m.tombstone)
+
+    read: list[int] = []
 
     def metas_of(pid: int) -> list[tuple[bytes, RecordMeta]]:
+        read.append(pid)
         return table[pid]
 
     sweep = ExpirySweep()
-    first = sweep.candidates(entries_of, metas_of, NOW_MS, digests_max=1)
+    first = sweep.candidates(expiring_of, metas_of, NOW_MS, digests_max=1)
     assert first == [table[3][0][0]] and sweep.next_partition == 4
-    second = sweep.candidates(entries_of, metas_of, NOW_MS, scan_entries_max=1)
+    second = sweep.candidates(expiring_of, metas_of, NOW_MS, scan_entries_max=1)
     assert second == [table[7][0][0]]
-    rest = sweep.candidates(entries_of, metas_of, NOW_MS)
+    rest = sweep.candidates(expiring_of, metas_of, NOW_MS)
     assert rest == sorted(table[pid][0][0] for pid in (3, 7, 4000)), "every partition once"
     assert sweep.next_partition == 8
+    assert no_ttl not in read
 
 
 def test_batcher_is_full_after_a_lone_request_or_at_the_batch_bound() -> None:

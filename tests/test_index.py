@@ -220,6 +220,31 @@ def test_partition_id_is_the_low_12_bits_of_the_first_two_bytes() -> None:
     assert sum(index.partition_count(pid) for pid in range(limits.PARTITIONS)) == 1
 
 
+def test_expiring_count_follows_void_times_and_tombstones() -> None:
+    index = new_index()
+    key, other = digest(0x123, head=b"a"), digest(0x123, head=b"b")
+    index.put(key, META)
+    assert index.expiring_count(0x123) == 0, "no void time: never expires"
+    index.put(key, meta(void_time=500))
+    index.put(other, meta(void_time=900))
+    assert index.expiring_count(0x123) == 2
+    index.put(key, meta(void_time=600))  # a new TTL: still one record that can expire
+    assert index.expiring_count(0x123) == 2
+    index.put(key, meta(void_time=600, tombstone=True))  # a tombstone never expires
+    assert index.expiring_count(0x123) == 1
+    assert index.remove(other)
+    assert index.expiring_count(0x123) == 0
+    index.put(other, meta(void_time=7))
+    items = list(index.items())
+    index.clear()
+    assert index.expiring_count(0x123) == 0
+    for name, set_id in SETS.items():
+        index.register_set(name, set_id)
+    index.load(items)
+    assert index.expiring_count(0x123) == 1 and index.expiring_count(0x124) == 0
+    index.check()
+
+
 def test_partition_ids_out_of_range_assert() -> None:
     index = new_index()
     for bad in (-1, limits.PARTITIONS):
@@ -420,7 +445,7 @@ DIGESTS = st.builds(digest, PARTITIONS, NIBBLES, HEADS, TAILS)
 METAS = st.builds(
     RecordMeta,
     generation=st.integers(0, limits.GENERATION_MAX),
-    void_time=st.integers(0, 2**32 - 1),
+    void_time=st.one_of(st.just(0), st.integers(0, 2**32 - 1)),  # half without a TTL
     last_update_ms=st.integers(0, 2**48 - 1),
     set_name=st.sampled_from(["", *SETS]),
     tombstone=st.booleans(),
@@ -487,6 +512,12 @@ class IndexVersusDict(RuleBasedStateMachine):
         for pid in (0x000, 0x001, 0xFFF):
             in_model = sum(1 for key in self.model if (key[0] | key[1] << 8) & 0xFFF == pid)
             assert self.index.partition_count(pid) == in_model
+            expiring = sum(
+                1
+                for key, item in self.model.items()
+                if (key[0] | key[1] << 8) & 0xFFF == pid and item.void_time and not item.tombstone
+            )
+            assert self.index.expiring_count(pid) == expiring
 
     @invariant()
     def same_items_and_sound_tables(self) -> None:
