@@ -65,6 +65,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 STEP_TIMEOUT_S = 3.0  # a local step unanswered this long counts as unknown
+TIMEOUT_SLACK_S = 0.2
 SWEEP_LIMIT = 16  # transactions recovered per group per sweep
 
 StepResult = Callable[[Result | None], None]
@@ -127,7 +128,9 @@ class _Timeouts:
                 while self._heap and self._heap[0][0] <= now:
                     due.append(heapq.heappop(self._heap)[2])
                 if not due:
-                    timeout = self._heap[0][0] - now if self._heap else None
+                    # Late by up to TIMEOUT_SLACK_S, so that one wake-up answers every step
+                    # that fell due meanwhile (a timeout of seconds needs no precision).
+                    timeout = self._heap[0][0] - now + TIMEOUT_SLACK_S if self._heap else None
                     self._wake.wait(timeout)
                     continue
             for once in due:
