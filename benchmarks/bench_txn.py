@@ -5,7 +5,8 @@
 Every phase runs the SDK (the product clients use) from `--processes` processes of
 `--threads` threads each, for `--seconds` after a one-second warm-up:
 - write:        one put of one record (the baseline);
-- txn-same:     a two-record transfer (read both, write both) within one partition group;
+- txn-same:     a two-record transfer (read both with one `batch_read`, write both) within
+                one partition group;
 - txn-cross:    the same transfer across two groups (prepare x2, the home's carrying the
                 begin; decide with the home's resolve; the other group's resolve);
 each transfer at low contention (10,000 accounts) and high contention (8 accounts).
@@ -127,8 +128,10 @@ def one(
             return "ok"
         a, b = pair(rng, groups, cross=phase == "txn-cross")
         with db.transaction() as t:
-            _, _, x = t.get(account(set_name, a))
-            _, _, y = t.get(account(set_name, b))
+            # Both reads in one call: the SDK sends them to their leaders at once.
+            first, second = t.batch_read([account(set_name, a), account(set_name, b)])
+            assert first.record is not None and second.record is not None
+            x, y = first.record[2], second.record[2]
             t.put(account(set_name, a), {"balance": x["balance"] - 1})
             t.put(account(set_name, b), {"balance": y["balance"] + 1})
     except (ex.TxnBlocked, ex.TxnVersionMismatch):
