@@ -58,6 +58,18 @@ def answer(value: Any) -> Any:
     return script
 
 
+def one_step(layout: dict[str, Any], txn_id: int = 1, timeout_ms: int = 2000) -> Any:
+    """The answer a fresh Peer, knowing `layout`, gets to one step for group 0."""
+    peer = Peer(lambda: layout, timeout_ms=timeout_ms)
+    steps = Steps()
+    try:
+        peer.step(NS, 0, None, txn_id, steps.reply)
+        (response,) = steps.wait()
+    finally:
+        peer.close()
+    return response
+
+
 def start(servers: dict[str, ScriptedServer], scripts: dict[str, Any]) -> Topology:
     topology = Topology()
     for node_id, script in scripts.items():
@@ -89,13 +101,7 @@ def test_a_redirect_is_followed_to_the_leader(servers: dict[str, ScriptedServer]
 
     start(servers, {"a": not_leader, "b": answer(b"stepped")})
     own_map = partition_map(1, servers, ["a"])  # this node still believes a leads
-    peer = Peer(lambda: own_map)
-    steps = Steps()
-    try:
-        peer.step(NS, 0, None, 7, steps.reply)
-        (response,) = steps.wait()
-    finally:
-        peer.close()
+    response = one_step(own_map, txn_id=7)
     assert response is not None and response.value == b"stepped"
     asked = [server.requests(wire.TxnStepMsg) for server in (servers["a"], servers["b"])]
     assert asked == [[wire.TxnStepMsg(NS, 0, None, 7)]] * 2
@@ -108,14 +114,7 @@ def test_a_refusal_after_the_redirects_run_out_is_definite(
         peer.reply(request_id, wire.Response(code=ResultCode.NOT_LEADER, message="not me"))
 
     start(servers, {"a": refuse, "b": refuse})
-    own_map = partition_map(1, servers, [None])
-    peer = Peer(lambda: own_map)
-    steps = Steps()
-    try:
-        peer.step(NS, 0, None, 1, steps.reply)
-        (response,) = steps.wait()
-    finally:
-        peer.close()
+    response = one_step(partition_map(1, servers, [None]))
     assert response is not None and response.code == ResultCode.NOT_LEADER
 
 
@@ -130,14 +129,7 @@ def test_unknown_outcomes_answer_none(servers: dict[str, ScriptedServer], how: s
         # silent: never answers
 
     start(servers, {"a": script})
-    own_map = partition_map(1, servers, ["a"])
-    peer = Peer(lambda: own_map, timeout_ms=500)
-    steps = Steps()
-    try:
-        peer.step(NS, 0, None, 1, steps.reply)
-        assert steps.wait() == [None]
-    finally:
-        peer.close()
+    assert one_step(partition_map(1, servers, ["a"]), timeout_ms=500) is None
 
 
 def test_an_unreachable_leader_sends_nothing_and_answers_none() -> None:
@@ -147,13 +139,7 @@ def test_an_unreachable_leader_sends_nothing_and_answers_none() -> None:
         "nodes": {"gone": ["127.0.0.1", port]},
         "namespaces": {NS: {"leaders": ["gone"], "replicas": [["gone"]]}},
     }
-    peer = Peer(lambda: layout)
-    steps = Steps()
-    try:
-        peer.step(NS, 0, None, 1, steps.reply)
-        assert steps.wait() == [None]
-    finally:
-        peer.close()
+    assert one_step(layout) is None
 
 
 def test_steps_after_close_answer_none() -> None:
