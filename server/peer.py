@@ -27,6 +27,7 @@ address is tried; one lost after sending makes the step unknown.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import threading
 from collections.abc import Callable
@@ -112,6 +113,9 @@ class Peer:
         self._layout: dict[str, Any] = {}  # the latest map: the node's own or a redirect's
         self._layout_until = 0.0
         self._connections: dict[Address, _Connection] = {}
+        self._connecting: dict[Address, asyncio.Task[_Connection]] = {}
+        self._closed = False
+        self._close_lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="peer", daemon=True)
         self._thread.start()
@@ -125,15 +129,24 @@ class Peer:
         reply: StepReply,
     ) -> None:
         message = wire.TxnStepMsg(namespace, group, command, txn_id)
+        if self._closed:
+            reply(None)
+            return
         try:
             self._loop.call_soon_threadsafe(self._start, message, reply)
         except RuntimeError:  # the loop is closed: the node is stopping
             reply(None)
 
     def close(self) -> None:
-        if self._loop.is_closed():
-            return
-        self._loop.call_soon_threadsafe(self._stop)
+        """Answer None to the steps in flight, close the connections, stop the thread."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        stopping = asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop)
+        with contextlib.suppress(Exception):
+            stopping.result(CLOSE_JOIN_S)
+        self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=CLOSE_JOIN_S)
         if not self._thread.is_alive():
             self._loop.close()
@@ -141,12 +154,15 @@ class Peer:
     # -- on the peer's thread ---------------------------------------------------------------
 
     def _start(self, message: wire.TxnStepMsg, reply: StepReply) -> None:
+        if self._closed:  # queued just before close(): nobody will run it
+            reply(None)
+            return
         self._loop.create_task(self._run(message, reply))
 
     async def _run(self, message: wire.TxnStepMsg, reply: StepReply) -> None:
         try:
             response = await asyncio.wait_for(self._exchange(message), self._timeout_s)
-        except TimeoutError:
+        except (TimeoutError, asyncio.CancelledError):  # late, or close() in the middle
             response = None
         except Exception:
             log.exception("peer_step_failed", namespace=message.namespace, group=message.group)
@@ -194,19 +210,30 @@ class Peer:
 
     async def _connection(self, address: Address) -> _Connection:
         connection = self._connections.get(address)
-        if connection is None or connection.closed:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(*address), CONNECT_TIMEOUT_S
-            )
-            connection = self._connections[address] = _Connection(reader, writer)
+        if connection is not None and not connection.closed:
+            return connection
+        # Steps that need a connection while one is being opened wait for that one: one
+        # connection per node. Shielded: a step that gives up does not cancel the others'.
+        opening = self._connecting.get(address)
+        if opening is None:
+            opening = self._connecting[address] = self._loop.create_task(self._open(address))
+            opening.add_done_callback(lambda _: self._connecting.pop(address, None))
+        return await asyncio.shield(opening)
+
+    async def _open(self, address: Address) -> _Connection:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(*address), CONNECT_TIMEOUT_S
+        )
+        connection = self._connections[address] = _Connection(reader, writer)
         return connection
 
-    def _stop(self) -> None:
+    async def _shutdown(self) -> None:
         for connection in self._connections.values():
             connection.close()
-        for task in asyncio.all_tasks(self._loop):
+        running = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in running:
             task.cancel()
-        self._loop.stop()
+        await asyncio.gather(*running, return_exceptions=True)
 
 
 def _address_of(layout: dict[str, Any], namespace: str, group: int, attempt: int) -> Address | None:

@@ -148,3 +148,34 @@ def test_steps_after_close_answer_none() -> None:
     steps = Steps()
     peer.step(NS, 0, None, 1, steps.reply)
     assert steps.wait() == [None]
+
+
+def test_close_answers_the_steps_in_flight(servers: dict[str, ScriptedServer]) -> None:
+    start(servers, {"a": lambda *_: None})  # never answers
+    layout = partition_map(1, servers, ["a"])
+    peer = Peer(lambda: layout, timeout_ms=60_000)
+    steps = Steps()
+    for txn_id in range(5):
+        peer.step(NS, 0, None, txn_id, steps.reply)
+    servers["a"].wait_for(lambda: len(servers["a"].requests(wire.TxnStepMsg)) == 5)
+    peer.close()
+    assert steps.wait(5) == [None] * 5
+    assert len(steps.answers) == 5, "each step answered once"
+
+
+def test_concurrent_steps_share_one_connection_per_node(
+    servers: dict[str, ScriptedServer],
+) -> None:
+    start(servers, {"a": answer(b"ok")})
+    layout = partition_map(1, servers, ["a"])
+    peer = Peer(lambda: layout)
+    steps = Steps()
+    try:
+        for txn_id in range(20):
+            peer.step(NS, 0, None, txn_id, steps.reply)
+        answers = steps.wait(20)
+    finally:
+        peer.close()
+    assert [response.value for response in answers if response is not None] == [b"ok"] * 20
+    servers["a"].wait_for(lambda: servers["a"].accepted >= 1)
+    assert servers["a"].accepted == 1
