@@ -330,17 +330,10 @@ class PrimaryIndex:
     """digest -> RecordMeta for one namespace, tombstones included (see module docstring)."""
 
     def __init__(self) -> None:
-        self._tables = [_Table() for _ in range(limits.PARTITIONS)]
         self._set_ids: dict[str, int] = {"": 0}
         # Indexed by set id; ids never registered keep "" and are never stored.
         self._set_names: list[str] = [""] * (limits.SETS_PER_NAMESPACE_MAX + 1)
-        self._entries = 0
-        self._tombstones = 0
-        self._set_records = [0] * (limits.SETS_PER_NAMESPACE_MAX + 1)
-        self._set_tombstones = [0] * (limits.SETS_PER_NAMESPACE_MAX + 1)
-        self._table_bytes = 0
-        # Per partition: live entries with a void time, so the expiry sweep skips the rest.
-        self._expiring = [0] * limits.PARTITIONS
+        self.clear()
 
     # -- sets ---------------------------------------------------------------------------------
 
@@ -470,6 +463,7 @@ class PrimaryIndex:
         self._set_records = [0] * (limits.SETS_PER_NAMESPACE_MAX + 1)
         self._set_tombstones = [0] * (limits.SETS_PER_NAMESPACE_MAX + 1)
         self._table_bytes = 0
+        # Per partition: live entries with a void time, so the expiry sweep skips the rest.
         self._expiring = [0] * limits.PARTITIONS
 
     def items(self, partition_id: int | None = None) -> Iterator[tuple[bytes, RecordMeta]]:
