@@ -31,7 +31,7 @@ import pytest
 import client
 from jepsen_like import netns, runner
 from jepsen_like.generator import Invocation, Pacer, RegisterGenerator, SetGenerator
-from jepsen_like.history import History, Op, loads_json
+from jepsen_like.history import History, Op, Operation, loads_json
 from jepsen_like.report import nemesis_windows, write_store
 from jepsen_like.workloads import Database, Workload, register_workload, set_workload
 from raftstore import errors
@@ -128,23 +128,40 @@ def assert_clean(store: Path, done: Done, namespaces_before: set[str]) -> None:
     assert {name for name in new if name.startswith(f"{netns.NAME_PREFIX}{done.pid}-")} == set()
 
 
-def test_a_register_run_under_kill_is_valid_and_leaves_its_files(tmp_path: Path) -> None:
-    store = tmp_path / "store"
+def valid_run(store: Path, *argv: str, timeout_s: float = RUN_TIMEOUT_S) -> tuple[Path, History]:
+    """`jepsen-like test ARGV --store STORE`, which must end valid and leave nothing behind:
+    its run directory and its history."""
     before = netns_list()
-    done = jepsen_like(
-        "test", "--workload", "register", "--nemesis", "kill", "--nodes", "3",
-        "--concurrency", "4", "--time-limit", "12", "--rate", "100", "--seed", "7",
-        "--nemesis-interval", "1.5,3", "--store", str(store),
-        timeout_s=RUN_TIMEOUT_S,
-    )  # fmt: skip
+    done = jepsen_like("test", *argv, "--store", str(store), timeout_s=timeout_s)
     assert_clean(store, done, before)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.startswith("valid: ")
     directory = run_directory(store)
+    return directory, loads_json((directory / "history.jsonl").read_text(encoding="utf-8"))
+
+
+def last_read_after_heal(history: History) -> Operation:
+    """The last successful read invoked after the nemesis healed everything."""
+    heal = next(op.index for op in history.nemesis_ops if op.f == "heal")
+    final_reads = [
+        operation
+        for operation in history.operations
+        if operation.f == "read" and operation.type == "ok" and operation.call > heal
+    ]
+    assert final_reads, "no final read after the heal"
+    return final_reads[-1]
+
+
+def test_a_register_run_under_kill_is_valid_and_leaves_its_files(tmp_path: Path) -> None:
+    directory, history = valid_run(
+        tmp_path / "store",
+        "--workload", "register", "--nemesis", "kill", "--nodes", "3",
+        "--concurrency", "4", "--time-limit", "12", "--rate", "100", "--seed", "7",
+        "--nemesis-interval", "1.5,3",
+    )  # fmt: skip
     assert directory.parent.name == "register-kill"
     for name in ("history.jsonl", "results.json", "report.html"):
         assert (directory / name).stat().st_size > 0, name
-    history = loads_json((directory / "history.jsonl").read_text(encoding="utf-8"))
     faults = [op.f for op in history.nemesis_ops]
     assert "start-kill" in faults and "stop-kill" in faults and faults[-1] == "heal"
     assert any(operation.type == "ok" for operation in history.operations)
@@ -205,19 +222,13 @@ def test_a_set_run_under_partition_is_valid_or_refused(tmp_path: Path) -> None:
     history = loads_json((directory / "history.jsonl").read_text(encoding="utf-8"))
     assert "start-partition" in [op.f for op in history.nemesis_ops]
     assert_jepsen_fields(history)
-    heal = next(op.index for op in history.nemesis_ops if op.f == "heal")
-    final_reads = [
-        operation
-        for operation in history.operations
-        if operation.f == "read" and operation.type == "ok" and operation.call > heal
-    ]
-    assert final_reads, "no final read after the heal"
+    final_read = last_read_after_heal(history)
     acknowledged = {
         operation.invoke.value
         for operation in history.operations
         if operation.f == "add" and operation.type == "ok"
     }
-    assert acknowledged and acknowledged <= set(final_reads[-1].value)
+    assert acknowledged and acknowledged <= set(final_read.value)
     results = json.loads((directory / "results.json").read_text(encoding="utf-8"))
     assert results["namespace"] is not None and results["namespace"] not in netns_list()
     again = recheck(directory, "set")

@@ -19,15 +19,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from jepsen_like.history import loads_json
-from tests.test_runner import (
-    assert_clean,
-    assert_jepsen_fields,
-    jepsen_like,
-    netns_list,
-    recheck,
-    run_directory,
-)
+from tests.test_runner import assert_jepsen_fields, last_read_after_heal, recheck, valid_run
 
 BANK_ACCOUNTS = 8
 BANK_TOTAL = 800
@@ -35,33 +27,21 @@ TXN_RUN_TIMEOUT_S = 240  # a hard stop for a run that should take about a minute
 
 
 def test_a_bank_run_under_kill_is_valid(tmp_path: Path) -> None:
-    store = tmp_path / "store"
-    before = netns_list()
-    done = jepsen_like(
-        "test", "--workload", "bank", "--nemesis", "kill", "--nodes", "3",
+    directory, history = valid_run(
+        tmp_path / "store",
+        "--workload", "bank", "--nemesis", "kill", "--nodes", "3",
         "--concurrency", "4", "--time-limit", "20", "--rate", "40", "--seed", "17",
-        "--nemesis-interval", "2,4", "--store", str(store),
+        "--nemesis-interval", "2,4",
         timeout_s=TXN_RUN_TIMEOUT_S,
     )  # fmt: skip
-    assert_clean(store, done, before)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.startswith("valid: ")
-    directory = run_directory(store)
     assert directory.parent.name == "bank-kill"
-    history = loads_json((directory / "history.jsonl").read_text(encoding="utf-8"))
     assert_jepsen_fields(history)
     faults = [op.f for op in history.nemesis_ops]
     assert "start-kill" in faults and faults[-1] == "heal"
     outcomes = {(operation.f, operation.type) for operation in history.operations}
     assert {("transfer", "ok"), ("read", "ok")} <= outcomes
-    heal = next(op.index for op in history.nemesis_ops if op.f == "heal")
-    final_reads = [
-        operation
-        for operation in history.operations
-        if operation.f == "read" and operation.type == "ok" and operation.call > heal
-    ]
-    assert final_reads, "no final read after the heal"
-    balances = {int(account): amount for account, amount in final_reads[-1].value.items()}
+    final_read = last_read_after_heal(history)
+    balances = {int(account): amount for account, amount in final_read.value.items()}
     assert set(balances) == set(range(BANK_ACCOUNTS)) and sum(balances.values()) == BANK_TOTAL
     results = json.loads((directory / "results.json").read_text(encoding="utf-8"))
     assert results["verdict"] == "valid" and results["seed"] == 17
@@ -72,20 +52,13 @@ def test_a_bank_run_under_kill_is_valid(tmp_path: Path) -> None:
 
 
 def test_a_list_append_run_is_valid(tmp_path: Path) -> None:
-    store = tmp_path / "store"
-    before = netns_list()
-    done = jepsen_like(
-        "test", "--workload", "list-append", "--nemesis", "none", "--nodes", "3",
+    directory, history = valid_run(
+        tmp_path / "store",
+        "--workload", "list-append", "--nemesis", "none", "--nodes", "3",
         "--concurrency", "4", "--time-limit", "12", "--rate", "50", "--seed", "19",
-        "--store", str(store),
         timeout_s=TXN_RUN_TIMEOUT_S,
     )  # fmt: skip
-    assert_clean(store, done, before)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.startswith("valid: ")
-    directory = run_directory(store)
     assert directory.parent.name == "list-append-none"
-    history = loads_json((directory / "history.jsonl").read_text(encoding="utf-8"))
     assert_jepsen_fields(history)
     committed = [operation for operation in history.operations if operation.type == "ok"]
     assert len(committed) > 50
