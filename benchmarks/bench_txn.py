@@ -7,8 +7,8 @@ Every phase runs the SDK (the product clients use) from `--processes` processes 
 - write:        one put of one record (the baseline);
 - txn-same:     a two-record transfer (read both with one `batch_read`, write both) within
                 one partition group;
-- txn-cross:    the same transfer across two groups (prepare x2, the home's carrying the
-                begin; decide with the home's resolve; the other group's resolve);
+- txn-cross:    the same transfer across two groups (the other group's prepare; the home
+                group's commit, which writes its record and decides; the other's resolve);
 each transfer at low contention (10,000 accounts) and high contention (8 accounts).
 A transfer that meets a conflict (120 blocked, 121 version mismatch) is counted as an abort
 and not retried: the abort rate is the share of attempts that aborted.

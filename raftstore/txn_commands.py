@@ -7,7 +7,12 @@ Commands are frozen data, like `raftstore.commands`: everything that varies betw
 - `TxnBegin`   home group, when it is not a participant: create the transaction record OPEN.
 - `TxnPrepare` each participant group: validate, then lock (intents); nothing else changes.
                The home group's prepare carries the participants and also creates the
-               transaction record OPEN (TxnBegin folded in); the others carry none.
+               transaction record OPEN (TxnBegin folded in); the others carry none. (The
+               coordinator no longer prepares the home group: see TxnCommit.)
+- `TxnCommit`  home group, once every other participant prepared: validate the home group's
+               own reads and writes and, in the same command, write them and record the
+               transaction COMMITTED (or record it ABORTED with the failure). The home
+               group's prepare, decide and resolve folded into one (last participant).
 - `TxnDecide`  home group: OPEN takes the proposed state; a decided record keeps its own.
                With `resolve_here` it also resolves the home group's own prepared intents
                with that state, in the same command (the home group's TxnResolve folded in).
@@ -15,7 +20,7 @@ Commands are frozen data, like `raftstore.commands`: everything that varies betw
 - `TxnForget`  any group: drop decided records and resolved markers past the horizon.
 
 Wire form. `txn_command_to_wire` gives a msgpack-ready array `[tag, field, ...]` whose tag
-(10..15) is distinct from `raftstore.command_codec`'s (1..5), so a log entry can carry these
+(10..16) is distinct from `raftstore.command_codec`'s (1..5), so a log entry can carry these
 beside the engine's commands; `txn_command_from_wire` checks the shape of every field and
 raises PROTOCOL_ERROR for anything else. `encode_txn_command` / `decode_txn_command` are the
 same as standalone bytes (through `raftstore.codec`). The shorter forms written before
@@ -54,8 +59,9 @@ GROUP_MAX: Final = limits.PARTITIONS - 1  # a namespace has at most one group pe
 DECIDE_STATE_BIN: Final = "txn_state"  # the result entry of a TxnDecide carrying the state
 
 TAG_APPLY, TAG_BEGIN, TAG_PREPARE, TAG_DECIDE, TAG_RESOLVE, TAG_FORGET = 10, 11, 12, 13, 14, 15
+TAG_COMMIT: Final = 16
 TXN_TAGS: Final = frozenset(
-    {TAG_APPLY, TAG_BEGIN, TAG_PREPARE, TAG_DECIDE, TAG_RESOLVE, TAG_FORGET}
+    {TAG_APPLY, TAG_BEGIN, TAG_PREPARE, TAG_DECIDE, TAG_RESOLVE, TAG_FORGET, TAG_COMMIT}
 )
 
 
@@ -137,6 +143,22 @@ class TxnDecide:
 
 
 @dataclass(frozen=True, slots=True)
+class TxnCommit:
+    """The home group's part of a transaction over several groups, proposed once every other
+    participant prepared: `reads` and `writes` are the home group's own; `participants` are
+    every group of the transaction, ascending, the home group among them (kept in the record).
+    Answered like a TxnDecide (`decide_result`) when it decides, or with the failure of the
+    home group's checks (the record is then ABORTED)."""
+
+    txn_id: int
+    now_ms: int
+    deadline_ms: int
+    reads: tuple[TxnRead, ...]
+    writes: tuple[TxnWrite, ...]
+    participants: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class TxnResolve:
     """`decided_ms` is the decide's timestamp (its result's `last_update_ms`): the last-update
     time every record the transaction writes takes."""
@@ -156,8 +178,16 @@ class TxnForget:
     txn_ids: tuple[int, ...]
 
 
-TxnCommand = TxnApply | TxnBegin | TxnPrepare | TxnDecide | TxnResolve | TxnForget
-TXN_COMMAND_TYPES: Final = (TxnApply, TxnBegin, TxnPrepare, TxnDecide, TxnResolve, TxnForget)
+TxnCommand = TxnApply | TxnBegin | TxnPrepare | TxnDecide | TxnCommit | TxnResolve | TxnForget
+TXN_COMMAND_TYPES: Final = (
+    TxnApply,
+    TxnBegin,
+    TxnPrepare,
+    TxnDecide,
+    TxnCommit,
+    TxnResolve,
+    TxnForget,
+)
 
 
 # -- results ----------------------------------------------------------------------------------
@@ -230,6 +260,16 @@ def txn_command_to_wire(command: TxnCommand) -> list[Any]:
             int(command.state),
             command.resolve_here,
         ]
+    if isinstance(command, TxnCommit):
+        return [
+            TAG_COMMIT,
+            command.txn_id,
+            command.now_ms,
+            command.deadline_ms,
+            [read_to_wire(read) for read in command.reads],
+            [write_to_wire(write) for write in command.writes],
+            list(command.participants),
+        ]
     if isinstance(command, TxnResolve):
         return [TAG_RESOLVE, command.txn_id, command.now_ms, command.committed, command.decided_ms]
     assert isinstance(command, TxnForget), command
@@ -285,6 +325,17 @@ def _from_wire(raw: Any) -> TxnCommand:
             raise _bad("TxnDecide's resolve_here flag must be a bool")
         return TxnDecide(
             _txn_id(txn_id), _ms(now_ms), _ms(deadline_ms), _decision(state), resolve_here
+        )
+    if tag == TAG_COMMIT:
+        _expect(fields, 6, "TxnCommit")
+        txn_id, now_ms, deadline_ms, reads, writes, participants = fields
+        return TxnCommit(
+            _txn_id(txn_id),
+            _ms(now_ms),
+            _ms(deadline_ms),
+            reads_from_wire(reads),
+            writes_from_wire(writes),
+            _groups(participants),
         )
     if tag == TAG_RESOLVE:
         _expect(fields, 4, "TxnResolve")

@@ -41,6 +41,14 @@ Rules (docs/transactions.md):
   exactly as TxnResolve does, in the same command (a final marker of the other state refuses
   the whole command, before any write; no marker: nothing more, the record refuses a late
   home prepare).
+- TxnCommit (home group, last participant): the record decides first. COMMITTED -> its
+  decide answer (a repeat); a final marker (this command's own failure, or a resolve's abort)
+  -> that marker's answer; ABORTED -> its decide answer (a recovery came first). Else every
+  check of a TxnApply on the home group's reads and writes, plus the participants' shape;
+  failing -> the record is created ABORTED and a final marker keeps the failure (the answer);
+  passing -> the writes are stored exactly as a TxnApply stores them and the record is
+  created COMMITTED, decided at `now_ms`, in the same command: its answer is the decide's.
+  The home group never holds intents of such a transaction.
 - TxnResolve: committed -> every provisional record replaces the stored one with the next
   generation and last-update time max(decided_ms, stored's); aborted -> intents dropped.
   Idempotent; a resolve in a group that never prepared leaves a final marker.
@@ -69,6 +77,7 @@ from raftstore.txn_commands import (
     TxnApply,
     TxnBegin,
     TxnCommand,
+    TxnCommit,
     TxnDecide,
     TxnForget,
     TxnPrepare,
@@ -179,6 +188,8 @@ def apply_txn_command(
         return _apply(store, records, namespace, command)
     if isinstance(command, TxnPrepare):
         return _prepare(store, records, namespace, command)
+    if isinstance(command, TxnCommit):
+        return _commit(store, records, namespace, command)
     try:
         if isinstance(command, TxnBegin):
             return _begin(store, command)
@@ -394,6 +405,33 @@ def _prepare(store: _Store, records: RecordStore, ns: NamespaceConfig, cmd: TxnP
     return Result(count=len(locked))
 
 
+def _commit(store: _Store, records: RecordStore, ns: NamespaceConfig, cmd: TxnCommit) -> Result:
+    record = store.record(cmd.txn_id)
+    if record is not None and record.state is TxnState.COMMITTED:
+        return decide_result(record.state, record.decided_ms)
+    marker = store.marker(cmd.txn_id)
+    if marker is not None:
+        if marker.state is not _Local.ABORTED:
+            return failure(ResultCode.PARAMETER_ERROR, "TxnCommit of a transaction prepared here")
+        return marker.answer
+    if record is not None and record.state is TxnState.ABORTED:
+        return decide_result(record.state, record.decided_ms)
+    try:
+        _check_begin(cmd.now_ms, cmd.deadline_ms, cmd.participants)
+        plan = _plan(store, records, ns, cmd)
+    except RaftstoreError as exc:
+        answer = _fail(store, cmd, exc)
+        aborted = TxnRecord(TxnState.ABORTED, cmd.deadline_ms, cmd.participants, cmd.now_ms)
+        store.put_record(cmd.txn_id, aborted)
+        return answer
+    for digest, written in plan.writes:
+        if written is not None:
+            records.store(digest, written)
+    committed = TxnRecord(TxnState.COMMITTED, cmd.deadline_ms, cmd.participants, cmd.now_ms)
+    store.put_record(cmd.txn_id, committed)
+    return decide_result(TxnState.COMMITTED, cmd.now_ms)
+
+
 def _begin(store: _Store, cmd: TxnBegin) -> Result:
     record = store.record(cmd.txn_id)
     if record is not None:
@@ -531,11 +569,14 @@ class _Plan:
 
 
 def _plan(
-    store: _Store, records: RecordStore, ns: NamespaceConfig, cmd: TxnApply | TxnPrepare
+    store: _Store,
+    records: RecordStore,
+    ns: NamespaceConfig,
+    cmd: TxnApply | TxnPrepare | TxnCommit,
 ) -> _Plan:
-    """Every check of a TxnApply or a TxnPrepare, in the documented order; the records each
-    write produces. Its only effect (set ids) comes last, all or nothing."""
-    apply = isinstance(cmd, TxnApply)
+    """Every check of a TxnApply, TxnCommit or TxnPrepare, in the documented order; the
+    records each write produces. Its only effect (set ids) comes last, all or nothing."""
+    apply = not isinstance(cmd, TxnPrepare)  # writes now, not provisional ones
     now_ms, deadline_ms, reads, writes = cmd.now_ms, cmd.deadline_ms, cmd.reads, cmd.writes
     if now_ms > deadline_ms:
         raise error(ResultCode.MRT_EXPIRED, "transaction deadline passed")
@@ -627,8 +668,8 @@ class _Blocked(RaftstoreError):
         self.intent = intent
 
 
-def _fail(store: _Store, cmd: TxnApply | TxnPrepare, exc: RaftstoreError) -> Result:
-    """Answer a failed TxnApply / TxnPrepare, and remember the answer for its repeats."""
+def _fail(store: _Store, cmd: TxnApply | TxnPrepare | TxnCommit, exc: RaftstoreError) -> Result:
+    """Answer a failed TxnApply / TxnPrepare / TxnCommit; remember the answer for repeats."""
     answer = blocked_result(exc.intent) if isinstance(exc, _Blocked) else failure(exc.code, exc.msg)
     home = cmd.home if isinstance(cmd, TxnPrepare) else 0
     final = _Marker(_Local.ABORTED, home, cmd.deadline_ms, (), answer, cmd.now_ms)

@@ -33,6 +33,7 @@ from raftstore.txn_commands import (
     TxnApply,
     TxnBegin,
     TxnCommand,
+    TxnCommit,
     TxnDecide,
     TxnPrepare,
     TxnRead,
@@ -190,7 +191,7 @@ class Sim:
         stamped = replace(command, now_ms=self.clock)  # the proposer stamps its commands
         result = self.groups[group_id].apply(stamped)
         committed = (isinstance(stamped, TxnApply) and result.ok) or (
-            isinstance(stamped, TxnDecide) and state_of(result) is TxnState.COMMITTED
+            isinstance(stamped, TxnDecide | TxnCommit) and state_of(result) is TxnState.COMMITTED
         )
         if committed:
             txn_id = stamped.txn_id  # type: ignore[union-attr]
@@ -286,11 +287,17 @@ def group_by_digest(digest: bytes, group_count: int) -> int:
 
 A0 = key_in(0, 2, 0)
 A1 = key_in(1, 2, 0)
+A2 = key_in(2, 3, 0)
 DEADLINE_MS = NOW_MS + TIMEOUT_MS
 
 
 def groups_of_two(digest: bytes) -> int:
     return group_by_digest(digest, 2)
+
+
+def groups_of_three(digest: bytes) -> int:
+    """A0 and A1 where two groups put them (0 and 1), A2 in group 2."""
+    return {A0: 0, A1: 1, A2: 2}[digest]
 
 
 def increment(key: bytes, delta: int = 1) -> TxnWrite:
@@ -358,27 +365,42 @@ def test_nothing_to_do_and_too_many_writes_are_answered_at_once() -> None:
 
 
 def _through_prepares(coord: Coordinator) -> Any:
-    prepares = proposals(coord.start(NOW_MS))
-    assert [p.group for p in prepares] == [0, 1]
-    assert all(isinstance(p.command, TxnPrepare) and p.command.home == 0 for p in prepares)
-    # The home group's prepare begins the transaction: it carries the participants.
-    assert [p.command.participants for p in prepares] == [(0, 1), ()]
-    assert coord.on_reply(prepares[1].action_id, Result(count=1), NOW_MS) == []
-    decide = only(coord.on_reply(prepares[0].action_id, Result(count=1), NOW_MS))
-    assert isinstance(decide.command, TxnDecide) and decide.group == 0
-    assert decide.command.resolve_here
-    return decide
+    # The home group (0) is the last participant: only the other group gets a prepare.
+    prepare = only(coord.start(NOW_MS))
+    assert prepare.group == 1 and isinstance(prepare.command, TxnPrepare)
+    assert (prepare.command.home, prepare.command.participants) == (0, ())
+    assert prepare.command.writes == (increment(A1),)
+    commit = only(coord.on_reply(prepare.action_id, Result(count=1), NOW_MS))
+    home_reads = tuple(r for r in coord.reads if r.digest == A0)
+    assert commit.group == 0 and commit.command == TxnCommit(
+        9, NOW_MS, DEADLINE_MS, home_reads, (increment(A0),), (0, 1)
+    )
+    return commit
 
 
-def test_several_groups_prepare_decide_and_resolve_elsewhere() -> None:
+def test_several_groups_prepare_then_commit_at_home_then_resolve() -> None:
     coord = coordinator([increment(A0), increment(A1)])
-    decide = _through_prepares(coord)
-    assert decide.command.state is TxnState.COMMITTED
-    resolve = only(coord.on_reply(decide.action_id, decide_result(TxnState.COMMITTED, 77), NOW_MS))
-    # The decide resolved the home group: only the other group gets a TxnResolve.
+    commit = _through_prepares(coord)
+    resolve = only(coord.on_reply(commit.action_id, decide_result(TxnState.COMMITTED, 77), NOW_MS))
+    # The commit wrote the home group's records: only the other group gets a TxnResolve.
     assert (resolve.group, resolve.command) == (1, TxnResolve(9, NOW_MS, True, 77))
     answer = only(coord.on_reply(resolve.action_id, Result(), NOW_MS))
     assert answer.outcome is Outcome.COMMITTED
+
+
+def test_a_home_group_failing_its_commit_checks_aborts_with_its_failure() -> None:
+    coord = coordinator([increment(A0), increment(A1)], [TxnRead(A0, 1, 5)])
+    commit = _through_prepares(coord)
+    assert commit.command.reads == (TxnRead(A0, 1, 5),)
+    stale = Result(code=ResultCode.MRT_VERSION_MISMATCH, message="stale")
+    resolve = only(coord.on_reply(commit.action_id, stale, NOW_MS))
+    assert (resolve.group, resolve.command.committed) == (1, False)
+    answer = only(coord.on_reply(resolve.action_id, Result(), NOW_MS))
+    assert (answer.outcome, answer.code, answer.failure) == (
+        Outcome.ABORTED,
+        ResultCode.MRT_VERSION_MISMATCH,
+        stale,
+    )
 
 
 def test_a_home_group_outside_the_transaction_gets_a_begin_first() -> None:
@@ -412,18 +434,21 @@ def test_a_begin_refused_aborts_at_once() -> None:
 
 
 def test_a_failed_prepare_aborts_everywhere_and_names_its_blocker() -> None:
-    coord = coordinator([increment(A0), increment(A1)])
+    coord = Coordinator(
+        9, 0, DEADLINE_MS, [], [increment(A0), increment(A1), increment(A2)], groups_of_three
+    )
     prepares = proposals(coord.start(NOW_MS))
+    assert [p.group for p in prepares] == [1, 2]
     blocked = Result(
         code=ResultCode.MRT_BLOCKED,
         results=(("txn_id", 5), ("txn_home", 1), ("txn_deadline_ms", 3)),
     )
     assert coord.on_reply(prepares[1].action_id, blocked, NOW_MS) == []
-    decide = only(coord.on_reply(prepares[0].action_id, Result(), NOW_MS))
-    assert decide.command.state is TxnState.ABORTED and decide.command.resolve_here
-    resolve = only(coord.on_reply(decide.action_id, decide_result(TxnState.ABORTED, 5), NOW_MS))
-    assert (resolve.group, resolve.command.committed) == (1, False)
-    retry = only(coord.on_reply(resolve.action_id, None, NOW_MS))
+    # Nothing is proposed at home (no TxnCommit ever will be): the others resolve aborted.
+    resolves = proposals(coord.on_reply(prepares[0].action_id, Result(), NOW_MS))
+    assert [(r.group, r.command.committed) for r in resolves] == [(1, False), (2, False)]
+    retry = only(coord.on_reply(resolves[0].action_id, None, NOW_MS))
+    assert coord.on_reply(resolves[1].action_id, Result(), NOW_MS) == []
     answer = only(coord.on_reply(retry.action_id, Result(), NOW_MS))
     assert (answer.outcome, answer.code, blocker_of(answer.failure)) == (
         Outcome.ABORTED,
@@ -432,22 +457,19 @@ def test_a_failed_prepare_aborts_everywhere_and_names_its_blocker() -> None:
     )
 
 
-def test_a_home_prepare_refused_as_aborted_still_resolves_the_others() -> None:
-    """A recovery decided first: the home prepare locks nothing, but the other group may have
-    prepared in parallel, so it is decided and resolved like any failed prepare."""
+def test_a_commit_refused_as_aborted_resolves_the_others() -> None:
+    """A recovery (or a status check) decided first: the commit writes nothing, and the
+    other group, prepared, is resolved aborted."""
     coord = coordinator([increment(A0), increment(A1)])
-    prepares = proposals(coord.start(NOW_MS))
-    coord.on_reply(prepares[1].action_id, Result(count=1), NOW_MS)
-    refused = Result(code=ResultCode.MRT_ABORTED, message="transaction 9 was aborted")
-    decide = only(coord.on_reply(prepares[0].action_id, refused, NOW_MS))
-    assert decide.command.state is TxnState.ABORTED
-    resolve = only(coord.on_reply(decide.action_id, decide_result(TxnState.ABORTED, 5), NOW_MS))
+    commit = _through_prepares(coord)
+    refused = decide_result(TxnState.ABORTED, 5)
+    resolve = only(coord.on_reply(commit.action_id, refused, NOW_MS))
     assert (resolve.group, resolve.command.committed) == (1, False)
     answer = only(coord.on_reply(resolve.action_id, Result(), NOW_MS))
     assert (answer.outcome, answer.code) == (Outcome.ABORTED, ResultCode.MRT_ABORTED)
 
 
-def test_a_decide_learnt_by_a_retry_is_not_in_doubt() -> None:
+def test_a_commit_learnt_by_a_retry_is_not_in_doubt() -> None:
     coord = coordinator([increment(A0), increment(A1)])
     decide = _through_prepares(coord)
     retry = only(coord.on_reply(decide.action_id, None, NOW_MS))
@@ -458,7 +480,7 @@ def test_a_decide_learnt_by_a_retry_is_not_in_doubt() -> None:
     assert (answer.outcome, answer.code) == (Outcome.ABORTED, ResultCode.MRT_ABORTED)
 
 
-def test_a_commit_decide_never_answered_is_in_doubt() -> None:
+def test_a_commit_never_answered_is_in_doubt() -> None:
     coord = coordinator([increment(A0), increment(A1)], attempts_max=2)
     decide = _through_prepares(coord)
     retry = only(coord.on_reply(decide.action_id, None, NOW_MS))
@@ -466,13 +488,14 @@ def test_a_commit_decide_never_answered_is_in_doubt() -> None:
     assert answer.outcome is Outcome.IN_DOUBT
 
 
-def test_a_commit_decide_never_applied_aborts() -> None:
+def test_a_commit_never_applied_aborts() -> None:
     coord = coordinator([increment(A0), increment(A1)], attempts_max=2)
     decide = _through_prepares(coord)
     not_leader = Result(code=ResultCode.NOT_LEADER)
     retry = only(coord.on_reply(decide.action_id, not_leader, NOW_MS))
     resolves = proposals(coord.on_reply(retry.action_id, not_leader, NOW_MS))
-    # No decide applied, so none resolved the home group: every group gets a TxnResolve.
+    # No commit applied: every group gets a TxnResolve, the home group's final marker
+    # refusing a commit that would come late.
     assert [(r.group, r.command.committed) for r in resolves] == [(0, False), (1, False)]
     coord.on_reply(resolves[0].action_id, Result(), NOW_MS)
     answer = only(coord.on_reply(resolves[1].action_id, Result(), NOW_MS))
@@ -643,6 +666,17 @@ def test_the_checker_catches_a_half_applied_transaction() -> None:
         check_all_or_nothing(case)
 
 
+def _home_commit_in_flight(sim: Sim, coord: Coordinator) -> Flight:
+    """Run until the coordinator's TxnCommit is in flight; take it out of the network."""
+    while not any(isinstance(f.action.command, TxnCommit) for f in sim.flights):
+        sim._step_flight()
+    (flight,) = [f for f in sim.flights if isinstance(f.action.command, TxnCommit)]
+    sim.flights.remove(flight)
+    assert sim.groups[0].intents() == {}, "the home group commits last: it never locks"
+    assert len(sim.groups[1].intents()) == 1, "the other group prepared"
+    return flight
+
+
 def test_a_late_coordinator_cannot_commit_after_recovery_aborted() -> None:
     sim = Sim(1, 2, faults=False)
     for group in sim.groups:
@@ -650,15 +684,13 @@ def test_a_late_coordinator_cannot_commit_after_recovery_aborted() -> None:
     writes = [increment(key_in(0, 2, 0)), increment(key_in(1, 2, 0))]
     coord = Coordinator(5, 0, sim.clock + TIMEOUT_MS, [], writes, groups_of_two)
     sim.start(coord)
-    while not any(isinstance(f.action.command, TxnDecide) for f in sim.flights):
-        sim._step_flight()
-    sim.paused[id(coord)] = (coord, [])  # the decide is in flight; the coordinator stalls
-    decide = sim.flights.pop()
+    commit = _home_commit_in_flight(sim, coord)
+    sim.paused[id(coord)] = (coord, [])  # the commit is in flight; the coordinator stalls
     sim.clock = DEADLINE_MS + 1
     sim.sweep()
     sim._drain()
-    assert sim.intents() == {} and [r.state for r in sim.recovered] == [TxnState.ABORTED] * 2
-    sim.flights.append(decide)  # the late decide(COMMITTED) arrives after the recovery
+    assert sim.intents() == {} and [r.state for r in sim.recovered] == [TxnState.ABORTED]
+    sim.flights.append(commit)  # the late TxnCommit arrives after the recovery
     sim.settle()
     assert coord.answer is not None and coord.answer.outcome is Outcome.ABORTED
     assert sim.commit_order == []
@@ -666,20 +698,19 @@ def test_a_late_coordinator_cannot_commit_after_recovery_aborted() -> None:
 
 
 def run_late_commit() -> Sim:
-    """A coordinator whose decide(COMMITTED, resolve_here) applies past the deadline, before
-    any recovery: the decide aborts, and must roll the home group back, not forward."""
+    """A coordinator whose TxnCommit applies past the deadline, before any recovery: the
+    commit aborts (MRT_EXPIRED) and writes nothing; the other group rolls back."""
     sim = Sim(1, 2, faults=False)
     for group in sim.groups:
         group.put_record(key_in(group.group_id, 2, 0), {"n": 0})
     writes = [increment(key_in(0, 2, 0)), increment(key_in(1, 2, 0))]
     coord = Coordinator(5, 0, sim.clock + TIMEOUT_MS, [], writes, groups_of_two)
     sim.start(coord)
-    while not any(isinstance(f.action.command, TxnDecide) for f in sim.flights):
-        sim._step_flight()
-    assert len(sim.groups[0].intents()) == 1, "the home group prepared"
-    sim.clock = coord.deadline_ms + 1  # the decide is delayed past the deadline
+    sim.flights.append(_home_commit_in_flight(sim, coord))
+    sim.clock = coord.deadline_ms + 1  # the commit is delayed past the deadline
     sim.settle()
     assert coord.answer is not None and coord.answer.outcome is Outcome.ABORTED
+    assert coord.answer.code == ResultCode.MRT_EXPIRED
     return sim
 
 
@@ -688,7 +719,7 @@ def check_late_commit(sim: Sim) -> None:
     assert [g.bins(key_in(g.group_id, 2, 0)) for g in sim.groups] == [{"n": 0}, {"n": 0}]
 
 
-def test_a_commit_decided_after_the_deadline_rolls_the_home_group_back() -> None:
+def test_a_commit_after_the_deadline_aborts_and_rolls_the_other_group_back() -> None:
     check_late_commit(run_late_commit())
 
 
@@ -889,61 +920,46 @@ def test_the_simulation_catches_a_commit_despite_a_failed_prepare(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     def always_commit(self: Coordinator, now_ms: int) -> list[Any]:
-        if len(self._prepared) < len(self.groups):
+        if len(self._prepared) < len(self._preparing()):
             return []
         self._phase = _Phase.DECIDING
         self._proposed = TxnState.COMMITTED
-        decide = TxnDecide(
-            self.txn_id, now_ms, self.deadline_ms, TxnState.COMMITTED, resolve_here=True
-        )
-        return [self._proposals.propose(_Step(self.home_group, decide))]
+        reads, writes = self._part_of(self.home_group)
+        commit = TxnCommit(self.txn_id, now_ms, self.deadline_ms, reads, writes, self.groups)
+        return [self._proposals.propose(_Step(self.home_group, commit))]
 
     monkeypatch.setattr(Coordinator, "_decide_when_prepared", always_commit)
     assert _some_run_fails()
 
 
-def test_the_simulation_catches_a_home_prepare_that_rewrites_the_record(
+def test_the_simulation_catches_a_home_commit_that_forgets_its_decision(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A home prepare must begin only when it first applies: a duplicate that recreated the
-    record OPEN after the decide would let a recovery abort a committed transaction."""
-    real_prepare = txn_participant._prepare
+    """A TxnCommit must answer a repeat from the record: a duplicate delayed in the network
+    that applied again would write the home group's records twice, or commit there after a
+    recovery aborted the transaction."""
+    real_commit = txn_participant._commit
 
-    def rewriting_prepare(store: Any, records: Any, ns: Any, cmd: TxnPrepare) -> Result:
-        if cmd.is_home:
-            record = txn_participant.TxnRecord(TxnState.OPEN, cmd.deadline_ms, cmd.participants, 0)
-            store.put_record(cmd.txn_id, record)
-        return real_prepare(store, records, ns, cmd)
+    def forgetful_commit(store: Any, records: Any, ns: Any, cmd: TxnCommit) -> Result:
+        store.delete_record(cmd.txn_id)
+        store.delete_marker(cmd.txn_id)
+        return real_commit(store, records, ns, cmd)
 
-    monkeypatch.setattr(txn_participant, "_prepare", rewriting_prepare)
+    monkeypatch.setattr(txn_participant, "_commit", forgetful_commit)
     assert _some_run_fails()
 
 
-def test_the_late_commit_check_catches_a_decide_resolving_with_its_proposal(
+def test_the_late_commit_check_catches_a_commit_past_the_deadline(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The home group's resolve folded into the decide must use the state decided (ABORTED
-    past the deadline), not the state proposed."""
-    real_decide = txn_participant._decide
+    """The home group's commit must refuse a decision past the deadline: the other groups'
+    locks are bounded by it, and a recovery may abort them from then on."""
+    real_commit = txn_participant._commit
 
-    def proposal_resolving_decide(store: Any, records: Any, cmd: TxnDecide) -> Result:
-        marker = store.marker(cmd.txn_id)
-        result = real_decide(store, records, replace(cmd, resolve_here=False))
-        if cmd.resolve_here and marker is not None and marker.digests:
-            committed = cmd.state is TxnState.COMMITTED
-            txn_participant._resolve_prepared(
-                store,
-                records,
-                cmd.txn_id,
-                marker,
-                committed=committed,
-                decided_ms=result.last_update_ms,
-            )
-            final = txn_participant._final_marker(cmd.txn_id, marker, committed, cmd.now_ms)
-            store.put_marker(cmd.txn_id, final)
-        return result
+    def deadline_blind_commit(store: Any, records: Any, ns: Any, cmd: TxnCommit) -> Result:
+        return real_commit(store, records, ns, replace(cmd, deadline_ms=cmd.now_ms))
 
-    monkeypatch.setattr(txn_participant, "_decide", proposal_resolving_decide)
+    monkeypatch.setattr(txn_participant, "_commit", deadline_blind_commit)
     with pytest.raises(AssertionError):
         check_late_commit(run_late_commit())
 

@@ -30,6 +30,7 @@ from raftstore.txn_commands import (
     TxnApply,
     TxnBegin,
     TxnCommand,
+    TxnCommit,
     TxnDecide,
     TxnForget,
     TxnPrepare,
@@ -228,6 +229,7 @@ EXAMPLES: list[TxnCommand] = [
     TxnForget(NOW_MS, ()),
     replace(prepare_cmd(7, [], [write_of(A, op.write("x", 1))], home=3), participants=(3, 9)),
     TxnDecide(7, NOW_MS, DEADLINE_MS, TxnState.COMMITTED, resolve_here=True),
+    TxnCommit(7, NOW_MS, DEADLINE_MS, (TxnRead(C, 1, 2),), (write_of(A, op.delete()),), (3, 9)),
 ]
 
 
@@ -545,6 +547,110 @@ def test_decide_open_is_a_parameter_error() -> None:
     result = group.apply(TxnDecide(5, NOW_MS, DEADLINE_MS, TxnState.OPEN))
     assert result.code == ResultCode.PARAMETER_ERROR
     assert group.txn_record(5) is None
+
+
+# -- TxnCommit (the home group, last participant) -------------------------------------------
+
+
+def commit_cmd(
+    txn_id: int,
+    reads: Sequence[TxnRead] = (),
+    writes: Sequence[TxnWrite] = (),
+    *,
+    now_ms: int = NOW_MS,
+    deadline_ms: int = DEADLINE_MS,
+    participants: tuple[int, ...] = (0, 1),
+) -> TxnCommit:
+    return TxnCommit(txn_id, now_ms, deadline_ms, tuple(reads), tuple(writes), participants)
+
+
+def test_commit_writes_the_home_records_and_decides_in_one_command() -> None:
+    group = Group()
+    group.put_record(A, {"bal": 10}, NOW_MS - 100)
+    reads = [read_of(group, A), read_of(group, C)]
+    result = group.apply(commit_cmd(5, reads, [write_of(A, op.increment("bal", -3))]))
+    assert (state_of(result), result.last_update_ms) == (TxnState.COMMITTED, NOW_MS)
+    a = group.record(A)
+    assert a is not None and (a.bins, a.generation, a.last_update_ms) == ({"bal": 7}, 2, NOW_MS)
+    record = group.txn_record(5)
+    assert (record.state, record.deadline_ms, record.participants, record.decided_ms) == (
+        TxnState.COMMITTED,
+        DEADLINE_MS,
+        (0, 1),
+        NOW_MS,
+    )
+    assert group.intents() == {}  # the last participant never locks
+
+
+def test_a_repeated_commit_is_answered_from_the_record_not_applied_again() -> None:
+    group = Group()
+    command = commit_cmd(5, writes=[write_of(A, op.increment("n", 1))])
+    first = group.apply(command)
+    assert group.apply(replace(command, now_ms=NOW_MS + 9)) == first  # a restamped retry
+    # A recovery's resolve at home (no intents there) leaves a COMMITTED marker: the record
+    # still answers the repeat with the decision, never with the marker's refusal.
+    assert group.apply(TxnResolve(5, NOW_MS + 10, True, NOW_MS)).ok
+    assert group.apply(command) == first
+    assert group.bins(A) == {"n": 1}
+
+
+def test_a_commit_failing_its_checks_records_the_abort_and_keeps_its_failure() -> None:
+    group = Group()
+    group.put_record(A, {"bal": 10}, NOW_MS - 100)
+    stale = TxnRead(A, 1, NOW_MS - 200)
+    command = commit_cmd(5, [stale], [write_of(A, op.increment("bal", -3))])
+    failed = group.apply(command)
+    assert failed.code == ResultCode.MRT_VERSION_MISMATCH
+    assert group.bins(A) == {"bal": 10}
+    assert group.txn_record(5).state is TxnState.ABORTED  # a recovery learns it aborted
+    assert group.apply(replace(command, reads=(read_of(group, A),))) == failed  # a repeat
+    decided = group.apply(TxnDecide(5, DEADLINE_MS + 1, DEADLINE_MS, TxnState.ABORTED, True))
+    assert state_of(decided) is TxnState.ABORTED
+
+
+def test_a_commit_after_a_recovery_aborted_writes_nothing() -> None:
+    group = Group()
+    aborted = group.apply(TxnDecide(5, DEADLINE_MS + 1, DEADLINE_MS, TxnState.ABORTED, True))
+    late = group.apply(commit_cmd(5, writes=[write_of(A, op.write("x", 1))]))
+    assert late == aborted and state_of(late) is TxnState.ABORTED
+    assert group.bins(A) is None
+    # After the recovery also resolved the home group (a status check does), the same.
+    assert group.apply(TxnResolve(5, DEADLINE_MS + 2, False, 0)).ok
+    again = group.apply(commit_cmd(5, writes=[write_of(A, op.write("x", 1))]))
+    assert again.code == ResultCode.MRT_ABORTED and group.bins(A) is None
+
+
+def test_a_commit_past_the_deadline_is_122_and_aborts() -> None:
+    group = Group()
+    late = group.apply(
+        commit_cmd(5, writes=[write_of(A, op.write("x", 1))], now_ms=DEADLINE_MS + 1)
+    )
+    assert late.code == ResultCode.MRT_EXPIRED
+    assert group.bins(A) is None and group.txn_record(5).state is TxnState.ABORTED
+
+
+def test_a_commit_is_blocked_by_a_foreign_write_intent_and_names_it() -> None:
+    group = Group()
+    _prepared(group, txn_id=9)  # txn 9 write-locks A and B, read-locks C
+    blocked = group.apply(commit_cmd(5, writes=[write_of(A, op.write("x", 1))]))
+    assert blocker_of(blocked) == Blocker(9, 3, DEADLINE_MS)
+    reads_through = group.apply(
+        commit_cmd(6, [read_of(group, C)], [write_of(digest(4), op.write("x", 1))])
+    )
+    assert state_of(reads_through) is TxnState.COMMITTED  # a read lock does not block a read
+
+
+def test_a_commit_checks_its_participants() -> None:
+    group = Group()
+    bad = group.apply(commit_cmd(5, writes=[write_of(A, op.write("x", 1))], participants=(1, 0)))
+    assert bad.code == ResultCode.PARAMETER_ERROR and group.bins(A) is None
+
+
+def test_a_commit_where_the_transaction_prepared_is_refused() -> None:
+    group = Group()
+    _prepared(group, txn_id=9)
+    refused = group.apply(commit_cmd(9, writes=[write_of(digest(4), op.write("x", 1))]))
+    assert refused.code == ResultCode.PARAMETER_ERROR and group.bins(digest(4)) is None
 
 
 # -- TxnPrepare and TxnResolve ----------------------------------------------------------------

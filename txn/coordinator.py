@@ -21,20 +21,25 @@ the leader of another group than the coordinator's): commands are stamped by the
 
 Steps (docs/transactions.md):
 - all keys in one group: TxnApply; its answer is the transaction's.
-- several groups: TxnPrepare in every group at once, the home group's carrying the
-  participants (it begins the transaction: no TxnBegin); after every prepare answered,
-  TxnDecide at home (COMMITTED only if every prepare succeeded) with `resolve_here` (it also
-  resolves the home group); TxnResolve in every other group with the decided state; then the
-  Answer. A home group that is not a participant gets a TxnBegin first, and the prepares
-  only once it answered; its decide resolves nothing there.
-  2 groups: 4 commands in 3 rounds (prepare x2, decide+resolve, resolve).
+- several groups, the home group among them: TxnPrepare in every other group at once; after
+  every prepare answered, if all succeeded, TxnCommit at home: the home group's own reads
+  and writes are checked and written with the decision, in one command (the home group is
+  the last participant: it never locks). Its answer is the decision (or the home group's
+  failure: aborted). If a prepare failed or stayed unknown, nothing is proposed at home: no
+  one but this coordinator proposes a TxnCommit, so the transaction can only abort, and a
+  recovery that meets a leftover intent records the abort at home itself. Then TxnResolve in
+  every other group with the decided state; then the Answer.
+  2 groups: 3 commands in 3 rounds (prepare, commit at home, resolve).
+- a home group that is not a participant: TxnBegin first; once it answered, TxnPrepare in
+  every group; TxnDecide at home (COMMITTED only if every prepare succeeded); TxnResolve in
+  every group; then the Answer.
 - outcome rules: the Answer is COMMITTED only after a decide (or an apply) answered so; it is
   IN_DOUBT only when a TxnApply or a TxnDecide(COMMITTED) was possibly applied and no retry
   learnt the state; everything else is ABORTED, definite: nothing was or ever will be applied.
-  A decide given up on whose every attempt was definitely not applied aborts, because nobody
-  but this coordinator proposes COMMITTED. An abort that could not be decided still resolves
-  every group aborted, the home group too (no decide resolved it): no one can commit the
-  transaction any more.
+  A decide (or commit) given up on whose every attempt was definitely not applied aborts,
+  because nobody but this coordinator proposes COMMITTED. An abort that could not be decided
+  still resolves every group aborted, the home group too: its final marker refuses any late
+  TxnCommit, and no one can commit the transaction any more.
 - a resolve given up on is left to recovery (past the deadline, anyone who meets the intent
   asks the home group); the Answer still tells the decided state.
 
@@ -58,6 +63,7 @@ from raftstore.txn_commands import (
     TxnApply,
     TxnBegin,
     TxnCommand,
+    TxnCommit,
     TxnDecide,
     TxnPrepare,
     TxnRead,
@@ -235,7 +241,7 @@ class Coordinator:
             apply = TxnApply(self.txn_id, now_ms, self.deadline_ms, self.reads, self.writes)
             return [self._proposals.propose(_Step(self.groups[0], apply))]
         if self._home_participates:
-            return self._prepare_all(now_ms)  # the home group's prepare begins
+            return self._prepare_all(now_ms)  # the home group commits last, without a prepare
         self._phase = _Phase.BEGINNING
         begin = TxnBegin(self.txn_id, now_ms, self.deadline_ms, self.groups)
         return [self._proposals.propose(_Step(self.home_group, begin))]
@@ -272,11 +278,16 @@ class Coordinator:
             return self._decide_when_prepared(now_ms)
         if phase is _Phase.DECIDING:
             state = state_of(reply)
+            home_resolved = self._home_participates  # a TxnCommit leaves nothing to resolve
             if state is TxnState.COMMITTED or state is TxnState.ABORTED:
-                home_resolved = self._home_participates  # the decide resolved it
                 return self._resolve_all(
                     state, reply.last_update_ms, now_ms, home_resolved=home_resolved
                 )
+            if isinstance(step.command, TxnCommit) and not reply.ok:
+                # The home group's own checks failed: it recorded the abort, and the failure
+                # is the transaction's answer, as a failed prepare's would be.
+                self._prepared[self.home_group] = reply
+                return self._resolve_all(TxnState.ABORTED, 0, now_ms, home_resolved=True)
             # A decide failing definitely (a bug) did not apply: like a decide given up on.
             return self._decide_given_up(step, now_ms)
         assert phase is _Phase.RESOLVING, phase
@@ -302,36 +313,40 @@ class Coordinator:
     def _prepare_all(self, now_ms: int) -> list[Action]:
         self._phase = _Phase.PREPARING
         actions: list[Action] = []
-        for group in self.groups:
-            reads = tuple(r for r in self.reads if self._group_of[r.digest] == group)
-            writes = tuple(w for w in self.writes if self._group_of[w.digest] == group)
-            begins = self._home_participates and group == self.home_group
+        for group in self._preparing():
+            reads, writes = self._part_of(group)
             prepare = TxnPrepare(
-                self.txn_id,
-                self.home_group,
-                now_ms,
-                self.deadline_ms,
-                reads,
-                writes,
-                participants=self.groups if begins else (),
+                self.txn_id, self.home_group, now_ms, self.deadline_ms, reads, writes
             )
             actions.append(self._proposals.propose(_Step(group, prepare)))
         return actions
 
+    def _preparing(self) -> tuple[int, ...]:
+        """The groups that get a TxnPrepare: all but a participating home group."""
+        return tuple(g for g in self.groups if g != self.home_group)
+
+    def _part_of(self, group: int) -> tuple[tuple[TxnRead, ...], tuple[TxnWrite, ...]]:
+        reads = tuple(r for r in self.reads if self._group_of[r.digest] == group)
+        writes = tuple(w for w in self.writes if self._group_of[w.digest] == group)
+        return reads, writes
+
     def _decide_when_prepared(self, now_ms: int) -> list[Action]:
-        if len(self._prepared) < len(self.groups):
+        if len(self._prepared) < len(self._preparing()):
             return []
         self._phase = _Phase.DECIDING
         all_prepared = all(r is not None and r.ok for r in self._prepared.values())
         self._proposed = TxnState.COMMITTED if all_prepared else TxnState.ABORTED
-        decide = TxnDecide(
-            self.txn_id,
-            now_ms,
-            self.deadline_ms,
-            self._proposed,
-            resolve_here=self._home_participates,
-        )
-        return [self._proposals.propose(_Step(self.home_group, decide))]
+        command: TxnCommand
+        if not self._home_participates:
+            command = TxnDecide(self.txn_id, now_ms, self.deadline_ms, self._proposed)
+        elif all_prepared:
+            reads, writes = self._part_of(self.home_group)
+            command = TxnCommit(self.txn_id, now_ms, self.deadline_ms, reads, writes, self.groups)
+        else:
+            # Nothing was proposed at home, and nothing ever will be: the home group has
+            # nothing to decide or resolve (a recovery records the abort if it needs to).
+            return self._resolve_all(TxnState.ABORTED, 0, now_ms, home_resolved=True)
+        return [self._proposals.propose(_Step(self.home_group, command))]
 
     def _decide_given_up(self, step: _Step, now_ms: int) -> list[Action]:
         if self._proposed is TxnState.COMMITTED and step.maybe_applied:
