@@ -229,8 +229,7 @@ def txn_command_to_wire(command: TxnCommand) -> list[Any]:
             command.txn_id,
             command.now_ms,
             command.deadline_ms,
-            [read_to_wire(read) for read in command.reads],
-            [write_to_wire(write) for write in command.writes],
+            *_parts_to_wire(command.reads, command.writes),
         ]
     if isinstance(command, TxnBegin):
         return [
@@ -247,8 +246,7 @@ def txn_command_to_wire(command: TxnCommand) -> list[Any]:
             command.home,
             command.now_ms,
             command.deadline_ms,
-            [read_to_wire(read) for read in command.reads],
-            [write_to_wire(write) for write in command.writes],
+            *_parts_to_wire(command.reads, command.writes),
             list(command.participants),
         ]
     if isinstance(command, TxnDecide):
@@ -266,8 +264,7 @@ def txn_command_to_wire(command: TxnCommand) -> list[Any]:
             command.txn_id,
             command.now_ms,
             command.deadline_ms,
-            [read_to_wire(read) for read in command.reads],
-            [write_to_wire(write) for write in command.writes],
+            *_parts_to_wire(command.reads, command.writes),
             list(command.participants),
         ]
     if isinstance(command, TxnResolve):
@@ -350,6 +347,11 @@ def _from_wire(raw: Any) -> TxnCommand:
             raise _bad("TxnForget's ids must be an array")
         return TxnForget(_ms(now_ms), tuple(_txn_id(t) for t in txn_ids))
     raise _bad(f"unknown transaction command tag {tag!r}")
+
+
+def _parts_to_wire(reads: Sequence[TxnRead], writes: Sequence[TxnWrite]) -> list[list[Any]]:
+    """A command's read set and write set, as its wire form carries them."""
+    return [[read_to_wire(read) for read in reads], [write_to_wire(write) for write in writes]]
 
 
 def read_to_wire(read: TxnRead) -> list[Any]:

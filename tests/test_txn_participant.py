@@ -553,15 +553,13 @@ def test_decide_open_is_a_parameter_error() -> None:
 
 
 def commit_cmd(
-    txn_id: int,
-    reads: Sequence[TxnRead] = (),
-    writes: Sequence[TxnWrite] = (),
-    *,
-    now_ms: int = NOW_MS,
-    deadline_ms: int = DEADLINE_MS,
-    participants: tuple[int, ...] = (0, 1),
+    txn_id: int, reads: Sequence[TxnRead] = (), writes: Sequence[TxnWrite] = (), **fields: Any
 ) -> TxnCommit:
-    return TxnCommit(txn_id, now_ms, deadline_ms, tuple(reads), tuple(writes), participants)
+    """The home group 0's commit: the fields its prepare carried when it had one."""
+    home = home_prepare_cmd(txn_id, reads, writes, **fields)
+    return TxnCommit(
+        txn_id, home.now_ms, home.deadline_ms, home.reads, home.writes, home.participants
+    )
 
 
 def test_commit_writes_the_home_records_and_decides_in_one_command() -> None:
