@@ -146,7 +146,9 @@ class TxnDecide:
 class TxnCommit:
     """The home group's part of a transaction over several groups, proposed once every other
     participant prepared: `reads` and `writes` are the home group's own; `participants` are
-    every group of the transaction, ascending, the home group among them (kept in the record).
+    every group of the transaction, ascending (kept in the record; the group applying the
+    command does not know its own number, so that the home group is among them is the
+    coordinator's to keep).
     Answered like a TxnDecide (`decide_result`) when it decides, or with the failure of the
     home group's checks (the record is then ABORTED)."""
 

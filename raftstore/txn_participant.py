@@ -42,9 +42,11 @@ Rules (docs/transactions.md):
   the whole command, before any write; no marker: nothing more, the record refuses a late
   home prepare).
 - TxnCommit (home group, last participant): the record decides first. COMMITTED -> its
-  decide answer (a repeat); a final marker (this command's own failure, or a resolve's abort)
-  -> that marker's answer; ABORTED -> its decide answer (a recovery came first). Else every
-  check of a TxnApply on the home group's reads and writes, plus the participants' shape;
+  decide answer (a repeat); a final ABORTED marker (this command's own failure, or a
+  resolve's abort) -> that marker's answer; a final COMMITTED marker (a recovery's resolve
+  that outlived the record) -> COMMITTED; ABORTED -> its decide answer (a recovery came
+  first). Else every check of a TxnApply on the home group's reads and writes, plus the
+  participants' shape;
   failing -> the record is created ABORTED and a final marker keeps the failure (the answer);
   passing -> the writes are stored exactly as a TxnApply stores them and the record is
   created COMMITTED, decided at `now_ms`, in the same command: its answer is the decide's.
@@ -411,8 +413,10 @@ def _commit(store: _Store, records: RecordStore, ns: NamespaceConfig, cmd: TxnCo
         return decide_result(record.state, record.decided_ms)
     marker = store.marker(cmd.txn_id)
     if marker is not None:
-        if marker.state is not _Local.ABORTED:
+        if marker.state is _Local.PREPARED:
             return failure(ResultCode.PARAMETER_ERROR, "TxnCommit of a transaction prepared here")
+        if marker.state is _Local.COMMITTED:  # a recovery's resolve; its record was forgotten
+            return decide_result(TxnState.COMMITTED, marker.done_ms)
         return marker.answer
     if record is not None and record.state is TxnState.ABORTED:
         return decide_result(record.state, record.decided_ms)

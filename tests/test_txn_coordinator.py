@@ -457,6 +457,18 @@ def test_a_failed_prepare_aborts_everywhere_and_names_its_blocker() -> None:
     )
 
 
+def test_a_failure_after_an_unknown_commit_attempt_is_in_doubt_not_aborted() -> None:
+    """Attempt 1 may have committed (its answer was lost); attempt 2's definite failure may
+    be a refusal before the log, not the commit's own answer: resolving the other group
+    aborted could leave half a transaction."""
+    coord = coordinator([increment(A0), increment(A1)])
+    commit = _through_prepares(coord)
+    retry = only(coord.on_reply(commit.action_id, None, NOW_MS))
+    refused = Result(code=ResultCode.NAMESPACE_NOT_FOUND, message="no namespace")
+    answer = only(coord.on_reply(retry.action_id, refused, NOW_MS))
+    assert isinstance(answer, Answer) and answer.outcome is Outcome.IN_DOUBT
+
+
 def test_a_commit_refused_as_aborted_resolves_the_others() -> None:
     """A recovery (or a status check) decided first: the commit writes nothing, and the
     other group, prepared, is resolved aborted."""
@@ -949,7 +961,7 @@ def test_the_simulation_catches_a_home_commit_that_forgets_its_decision(
     assert _some_run_fails()
 
 
-def test_the_late_commit_check_catches_a_commit_past_the_deadline(
+def test_the_late_commit_scenario_catches_a_commit_past_the_deadline(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The home group's commit must refuse a decision past the deadline: the other groups'

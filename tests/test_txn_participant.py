@@ -618,6 +618,15 @@ def test_a_commit_after_a_recovery_aborted_writes_nothing() -> None:
     assert again.code == ResultCode.MRT_ABORTED and group.bins(A) is None
 
 
+def test_a_commit_meeting_a_committed_marker_answers_committed() -> None:
+    """A status check's resolve at home leaves a COMMITTED marker that outlives the record
+    (TxnForget): a commit meeting it is told COMMITTED, never a failure that would abort."""
+    group = Group()
+    assert group.apply(TxnResolve(5, NOW_MS, True, NOW_MS)).ok  # marker only, no record
+    answer = group.apply(commit_cmd(5, writes=[write_of(A, op.write("x", 1))]))
+    assert state_of(answer) is TxnState.COMMITTED and group.bins(A) is None
+
+
 def test_a_commit_past_the_deadline_is_122_and_aborts() -> None:
     group = Group()
     late = group.apply(

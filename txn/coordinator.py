@@ -33,9 +33,12 @@ Steps (docs/transactions.md):
 - a home group that is not a participant: TxnBegin first; once it answered, TxnPrepare in
   every group; TxnDecide at home (COMMITTED only if every prepare succeeded); TxnResolve in
   every group; then the Answer.
-- outcome rules: the Answer is COMMITTED only after a decide (or an apply) answered so; it is
-  IN_DOUBT only when a TxnApply or a TxnDecide(COMMITTED) was possibly applied and no retry
-  learnt the state; everything else is ABORTED, definite: nothing was or ever will be applied.
+- outcome rules: the Answer is COMMITTED only after a decide (or an apply, or a commit)
+  answered so; it is IN_DOUBT only when a TxnApply, a TxnCommit or a TxnDecide(COMMITTED) was
+  possibly applied and no retry learnt the state; everything else is ABORTED, definite:
+  nothing was or ever will be applied. A TxnCommit's definite failure aborts only if no
+  earlier attempt may have applied: a later attempt's failure need not be the commit's own
+  (a refusal before the log, say), while the earlier attempt may have committed.
   A decide (or commit) given up on whose every attempt was definitely not applied aborts,
   because nobody but this coordinator proposes COMMITTED. An abort that could not be decided
   still resolves every group aborted, the home group too: its final marker refuses any late
@@ -45,8 +48,9 @@ Steps (docs/transactions.md):
 
 `Recovery(txn_id, home, deadline_ms, group)` is what a node does with an intent past its
 deadline: TxnDecide(ABORTED, resolve_here) at home, whose answer is the final state (COMMITTED
-if the coordinator decided first) and which resolves the home group's own intents with it,
-then TxnResolve in the intent's group with that state (a repeat if that is the home group).
+if the coordinator committed first; `resolve_here` resolves intents a home prepare left, which
+only a coordinator before TxnCommit made), then TxnResolve in the intent's group with that
+state (at home, where a status check recovers too, it leaves a final marker).
 """
 
 from __future__ import annotations
@@ -283,9 +287,11 @@ class Coordinator:
                 return self._resolve_all(
                     state, reply.last_update_ms, now_ms, home_resolved=home_resolved
                 )
-            if isinstance(step.command, TxnCommit) and not reply.ok:
-                # The home group's own checks failed: it recorded the abort, and the failure
-                # is the transaction's answer, as a failed prepare's would be.
+            if isinstance(step.command, TxnCommit) and not reply.ok and not step.maybe_applied:
+                # Every earlier attempt was definitely not applied, so this failure is this
+                # attempt's own: the home group's checks failed (it recorded the abort) or it
+                # was refused before the log. Either way nothing commits there any more; the
+                # failure is the transaction's answer, as a failed prepare's would be.
                 self._prepared[self.home_group] = reply
                 return self._resolve_all(TxnState.ABORTED, 0, now_ms, home_resolved=True)
             # A decide failing definitely (a bug) did not apply: like a decide given up on.
@@ -359,8 +365,9 @@ class Coordinator:
     def _resolve_all(
         self, state: TxnState, decided_ms: int, now_ms: int, *, home_resolved: bool
     ) -> list[Action]:
-        """TxnResolve in every participant group but the home group when the decide that
-        answered (with `resolve_here`) resolved it already."""
+        """TxnResolve in every participant group, but the home group when `home_resolved`:
+        a TxnCommit answered (the home group holds no intents), or nothing was proposed
+        there (a failed prepare)."""
         self._phase = _Phase.RESOLVING
         self._decision = state
         self._decided_ms = decided_ms
