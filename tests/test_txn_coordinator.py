@@ -209,6 +209,17 @@ class Sim:
             for blocker in found:
                 self.recover(blocker, group.group_id)
 
+    def status_check(self, txn_id: int, home: int, deadline_ms: int, groups: set[int]) -> None:
+        """A client that gave up waiting asks for the outcome, as the node's status check
+        does: a recovery in every group, its deadline taken as passed (an OPEN transaction
+        is aborted; a COMMITTED decision stands)."""
+        for group_id in sorted(groups):
+            if (txn_id, group_id) in self.recovering:
+                continue
+            recovery = Recovery(txn_id, home, min(deadline_ms, self.clock - 1), group_id)
+            self.recovering[(txn_id, group_id)] = recovery
+            self._handle(recovery, recovery.start(self.clock))
+
     def recover(self, blocker: Blocker, group_id: int) -> None:
         if (blocker.txn_id, group_id) in self.recovering or self.clock <= blocker.deadline_ms:
             return
@@ -778,6 +789,8 @@ class Bank:
             self._crash_one()
         elif roll < 0.29:
             sim.sweep()
+        elif roll < 0.31:
+            self._status_check()
         else:
             sim.step()
 
@@ -819,6 +832,15 @@ class Bank:
         assert result.ok or blocker is not None, result
         if blocker is not None and self.sim.clock > blocker.deadline_ms:
             self.sim.recover(blocker, group_id)
+
+    def _status_check(self) -> None:
+        waiting = [c for c in self.done if c.coordinator and not c.coordinator.done]
+        if waiting:
+            client = self.sim.rng.choice(waiting)
+            coord = client.coordinator
+            assert coord is not None
+            groups = {self.accounts[a][1] for a in (client.source, client.target)}
+            self.sim.status_check(client.txn_id, coord.home_group, coord.deadline_ms, groups)
 
     def _crash_one(self) -> None:
         running = [c.coordinator for c in self.done if c.coordinator and not c.coordinator.done]
@@ -900,6 +922,26 @@ def test_the_bank_reaches_commits_and_aborts() -> None:
         for answer, _ in bank.sim.answers.values():
             outcomes[answer.outcome] = outcomes.get(answer.outcome, 0) + 1
     assert outcomes.get(Outcome.COMMITTED, 0) > 10 and outcomes.get(Outcome.ABORTED, 0) > 3
+
+
+def test_the_bank_catches_a_commit_that_ignores_a_status_checks_abort(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A status check may decide ABORTED at home before the coordinator's TxnCommit applies
+    (and resolve the other group aborted): the commit must then write nothing."""
+    real_commit = txn_participant._commit
+
+    def abort_blind_commit(store: Any, records: Any, ns: Any, cmd: TxnCommit) -> Result:
+        record = store.record(cmd.txn_id)
+        aborted = record is not None and record.state is TxnState.ABORTED
+        if aborted and store.marker(cmd.txn_id) is None:
+            store.delete_record(cmd.txn_id)
+        return real_commit(store, records, ns, cmd)
+
+    monkeypatch.setattr(txn_participant, "_commit", abort_blind_commit)
+    with pytest.raises(AssertionError, match=r"serial model|stale"):
+        for seed in range(12):
+            check_bank(run_bank(seed, 3, 2, 8))
 
 
 def test_the_bank_checker_catches_a_lost_update() -> None:
