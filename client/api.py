@@ -366,8 +366,9 @@ class Client:
             message = wire.TxnCommitMsg(
                 first.namespace, txn.id, first.digest, left_ms, reads, writes
             )
+            route = self._coordinator_key(txn, first.namespace)
             call = self.exchange(
-                first.namespace, first.partition_id, message, _commit_policy(left_ms)
+                first.namespace, route.partition_id, message, _commit_policy(left_ms)
             )
             if call.error is None:
                 txn.state = TXN_STATE_COMMITTED
@@ -422,9 +423,10 @@ class Client:
         message = wire.TxnCommitMsg(
             first.namespace, txn.id, first.digest, max(txn.time_left_ms(), 0), reads, writes, True
         )
+        route = self._coordinator_key(txn, first.namespace)
         last: RaftstoreError | None = None
         for _ in range(SETTLE_ATTEMPTS):
-            call = self.exchange(first.namespace, first.partition_id, message, _settle_policy())
+            call = self.exchange(first.namespace, route.partition_id, message, _settle_policy())
             if call.error is None:
                 txn.state, txn.in_doubt = TXN_STATE_COMMITTED, False
                 return
@@ -434,6 +436,11 @@ class Client:
                 raise last
         assert last is not None
         raise error(last.code, f"transaction {txn.id} outcome unknown: {last.msg}", in_doubt=True)
+
+    def _coordinator_key(self, txn: Transaction, namespace: str) -> KeyRef:
+        partition_map = self._live().map
+        space = None if partition_map is None else partition_map.namespaces.get(namespace)
+        return txn.coordinator_key(None if space is None else space.partition_groups)
 
     def _txn_record(
         self,

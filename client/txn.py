@@ -20,11 +20,13 @@ Rules (docs/transactions.md has the server's half):
   is visible to anyone else before it. An `operate` reads the record first (its results
   depend on it). The first write of a key may carry exists/gen conditions; later writes of
   the same key may only change the ttl (they apply to what the transaction itself wrote).
-- `commit` sends one `TxnCommitMsg` (read versions + write op lists) to the home group's
-  leader, which coordinates. OK: committed. A definite failure: aborted, raised (120 blocked,
-  121 version mismatch, 122 expired, ...; nothing was applied). Unknown: the SDK asks the
-  home group to settle it (`status_only`; an open transaction is then aborted) and raises
-  `in_doubt=True` only if that is unknown too; `txn_status` asks again later.
+- `commit` sends one `TxnCommitMsg` (read versions + write op lists) to the leader of a
+  written key's group other than the home group if there is one (`coordinator_key`), else
+  to the home group's leader; that leader coordinates. OK: committed. A definite failure:
+  aborted, raised (120 blocked, 121 version mismatch, 122 expired, ...; nothing was
+  applied). Unknown: the SDK asks the same leader to settle it (`status_only`; an open
+  transaction is then aborted) and raises `in_doubt=True` only if that is unknown too;
+  `txn_status` asks again later.
 - Limits, checked as the transaction grows: 4096 written records (MRT_TOO_MANY_WRITES), the
   ops of one key (1024), and the encoded commit within the frame limit (RECORD_TOO_BIG).
 - Local results (generation, ttl, ops' results inside the transaction) are computed with
@@ -201,6 +203,22 @@ class Transaction:
         if policy.ttl != TTL_NAMESPACE_DEFAULT:
             write.policy = replace(write.policy, ttl=policy.ttl)
         write.send_key = write.send_key or send_key
+
+    def coordinator_key(self, partition_groups: int | None) -> KeyRef:
+        """The key whose group's leader gets the commit and coordinates it: the first written
+        key outside the home group if there is one, else the home key. Outside the home
+        group, that leader's own prepare and resolve are local calls, not steps to another
+        node: a two-group transaction then needs one node-to-node step instead of two.
+        `partition_groups` None (no partition map yet): the home key."""
+        home = self.keys.first
+        assert home is not None
+        if partition_groups is None:
+            return home
+        home_group = home.partition_id % partition_groups
+        for write in self.keys.writes.values():
+            if write.ref.partition_id % partition_groups != home_group:
+                return write.ref
+        return home
 
     def commit_parts(self) -> tuple[tuple[TxnRead, ...], tuple[TxnWrite, ...]]:
         reads = tuple(

@@ -115,8 +115,9 @@ class TruncateMsg:
 @dataclass(frozen=True, slots=True)
 class TxnCommitMsg:
     """A transaction to commit. `home_digest` (a key of the transaction) names the home
-    group: the message goes to its leader. `timeout_ms` is the time left to the deadline as
-    the client counts it when sending."""
+    group. The message goes to the leader of any group of the transaction, which
+    coordinates. `timeout_ms` is the time left to the deadline as the client counts it when
+    sending."""
 
     namespace: str
     txn_id: int

@@ -224,7 +224,12 @@ class Node:
         namespace = self._namespaces.get(request.namespace)
         if namespace is None:
             raise error(ResultCode.NAMESPACE_NOT_FOUND, f"no namespace {request.namespace!r}")
-        self._leading(namespace, request.home_digest)
+        # Any participant's leader may coordinate (docs/transactions.md, "How it runs"): the
+        # SDK picks a group other than the home group when there is one.
+        digests = [r.digest for r in request.reads] + [w.digest for w in request.writes]
+        groups = {keys.partition_id(d) % namespace.partition_groups for d in digests}
+        if not any(self.local_leader(namespace.name, g) is not None for g in groups):
+            raise _not_leader(f"this node leads no group of transaction {request.txn_id}")
         self.txns.commit(request, now_ms, reply)
 
     def _txn_step(self, request: TxnStepMsg, reply: Callable[[Response], None]) -> None:

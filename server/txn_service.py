@@ -3,11 +3,12 @@
 The protocol is docs/transactions.md; its logic is pure (`txn.coordinator`,
 `raftstore.txn_participant`). This module is the thin shell that runs it on a node:
 
-- `commit(TxnCommitMsg)`: on the leader of the transaction's home group, a `Coordinator`
-  runs the transaction; its `Propose` actions go to the local group when this node leads it
-  (`GroupRuntime.submit_to`), else to the group's leader through `server.peer`. Every step is
-  answered exactly once: its result, or None (unknown) after `STEP_TIMEOUT_S` or a lost peer
-  call; the coordinator's own rules retry and decide from there.
+- `commit(TxnCommitMsg)`: on the leader of one of the transaction's groups (the SDK picks
+  one other than the home group when there is one), a `Coordinator` runs the transaction;
+  its `Propose` actions go to the local group when this node leads it
+  (`GroupRuntime.submit_to`), else to the group's leader through `server.peer`. Every step
+  is answered exactly once: its result, or None (unknown) after `STEP_TIMEOUT_S` or a lost
+  peer call; the coordinator's own rules retry and decide from there.
 - `commit(..., status_only=True)`: settle an earlier commit whose answer was lost. One group:
   repeat its `TxnApply` (the group's marker answers a repeat). Several: `Recovery` in every
   participant group, each proposing `TxnDecide(ABORTED)` at home (final: COMMITTED if the
@@ -202,7 +203,7 @@ class TxnService:
     # -- commits --------------------------------------------------------------------------------
 
     def commit(self, msg: TxnCommitMsg, now: int, reply: Callable[[Response], None]) -> None:
-        """Coordinate `msg` here, the leader of its home group (Node checked that)."""
+        """Coordinate `msg` here, the leader of one of its groups (Node checked that)."""
         group_count = self._node.group_count(msg.namespace)
         digests = [r.digest for r in msg.reads] + [w.digest for w in msg.writes]
         if msg.home_digest not in digests:

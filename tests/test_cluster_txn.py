@@ -109,6 +109,34 @@ def test_commit_applies_every_write_atomically_and_nothing_before(
         assert meta["gen"] == 2
 
 
+def test_a_two_group_commit_is_coordinated_by_the_other_groups_leader(db: client.Client) -> None:
+    """The SDK sends the commit to the leader of the written key outside the home group:
+    that group's prepare and resolve are local calls there, so the transaction takes one
+    node-to-node step (the commit at home), not two (a prepare and a resolve elsewhere)."""
+    leaders = eventually(
+        lambda: db.info("partition-map")["namespaces"][NS]["leaders"], "the groups' leaders"
+    )
+    home_group = 0
+    other_group = next(g for g in range(GROUPS) if leaders[g] not in (None, leaders[home_group]))
+    home, other = keys_in_groups("coordinator", [home_group, other_group])
+    for key in (home, other):
+        db.put(key, {"n": 1})
+
+    def counts(name: str) -> dict[str, int]:
+        return {node: stats.get(name, 0) for node, stats in db.info_all("statistics").items()}
+
+    commits, steps = counts("requests_txn_commit"), counts("requests_txn_step")
+    with db.transaction(timeout=10) as t:
+        t.get(home)  # the first key: its group is the home group
+        t.put(home, {"n": 2})
+        t.put(other, {"n": 2})
+    commits_grown = {n: c - commits[n] for n, c in counts("requests_txn_commit").items()}
+    steps_grown = {n: c - steps[n] for n, c in counts("requests_txn_step").items()}
+    assert {n: c for n, c in commits_grown.items() if c} == {leaders[other_group]: 1}
+    assert {n: c for n, c in steps_grown.items() if c} == {leaders[home_group]: 1}
+    assert [db.get(key)[2] for key in (home, other)] == [{"n": 2}, {"n": 2}]
+
+
 def test_aerospike_shape_with_policy_txn_and_commit_abort_statuses(db: client.Client) -> None:
     a, b = keys_in_groups("shape", [0, 3])
     db.put(a, {"n": 1})
