@@ -65,7 +65,7 @@ RecordTuple = tuple[KeyTuple, MetaDict, Bins]
 BATCH_IN_FLIGHT_MAX = 1024  # calls of one batch in flight at once
 SETTLE_ATTEMPTS = 3  # status checks of an in-doubt commit before raising in_doubt
 COMMIT_MARGIN_MS = 10_000  # a commit's wait beyond the deadline: resolves and retries
-# One status check's wait: a recovery per group at the home group's leader, a few steps.
+# One status check's wait: a recovery per group at the coordinating leader, a few steps.
 SETTLE_WAIT_MS = 4000
 SCAN_PAGE_RECORDS = 1000
 
