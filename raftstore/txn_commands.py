@@ -51,6 +51,11 @@ TXN_WRITES_MAX: Final = 4096  # records written per transaction (MRT_TOO_MANY_WR
 TXN_TIMEOUT_MS_DEFAULT: Final = 10_000
 TXN_TIMEOUT_MS_MIN: Final = 1_000
 TXN_TIMEOUT_MS_MAX: Final = 120_000
+# A deadline is stamped by the coordinator's wall clock and checked against the clock of the
+# leader applying a command, maybe another node's (the coordinator leads one of the
+# transaction's groups, not necessarily the home group): a deadline is "too far" only past
+# the longest timeout plus this much, so that skewed clocks do not refuse a legal timeout.
+TXN_CLOCK_SKEW_MS_MAX: Final = 5_000
 # Decided records and resolved markers live at least this long past their deadline, so that
 # any late duplicate of a command of theirs meets either them or its own passed deadline.
 TXN_FORGET_AFTER_MS_MIN: Final = 2 * TXN_TIMEOUT_MS_MAX

@@ -73,6 +73,7 @@ from raftstore.errors import RaftstoreError, ResultCode, error
 from raftstore.kv import KvTxn, Table
 from raftstore.record import Record, next_generation
 from raftstore.txn_commands import (
+    TXN_CLOCK_SKEW_MS_MAX,
     TXN_FORGET_AFTER_MS_MIN,
     TXN_TIMEOUT_MS_MAX,
     TXN_WRITES_MAX,
@@ -611,10 +612,11 @@ def _plan(
 
 
 def _check_deadline_range(now_ms: int, deadline_ms: int) -> None:
-    if deadline_ms - now_ms > TXN_TIMEOUT_MS_MAX:
+    furthest_ms = TXN_TIMEOUT_MS_MAX + TXN_CLOCK_SKEW_MS_MAX
+    if deadline_ms - now_ms > furthest_ms:
         raise error(
             ResultCode.PARAMETER_ERROR,
-            f"deadline is {deadline_ms - now_ms} ms away, over {TXN_TIMEOUT_MS_MAX} ms",
+            f"deadline is {deadline_ms - now_ms} ms away, over {furthest_ms} ms",
         )
 
 

@@ -25,7 +25,9 @@ from raftstore.kv import KvTxn, MemoryKv, Table
 from raftstore.policy import Exists, WritePolicy
 from raftstore.record import Record
 from raftstore.txn_commands import (
+    TXN_CLOCK_SKEW_MS_MAX,
     TXN_FORGET_AFTER_MS_MIN,
+    TXN_TIMEOUT_MS_MAX,
     TXN_WRITES_MAX,
     TxnApply,
     TxnBegin,
@@ -68,6 +70,7 @@ from raftstore.txn_participant import (
 
 NOW_MS = (CITRUSLEAF_EPOCH_S + 500_000_000) * 1000
 DEADLINE_MS = NOW_MS + 10_000
+TOO_FAR_MS = NOW_MS + TXN_TIMEOUT_MS_MAX + TXN_CLOCK_SKEW_MS_MAX + 1  # a deadline refused
 NAMESPACE = NamespaceConfig("test", max_record_bytes=1024, tomb_raider_period_s=60)
 
 
@@ -407,9 +410,9 @@ def test_apply_past_the_deadline_is_122() -> None:
 
 def test_a_deadline_too_far_away_is_a_parameter_error() -> None:
     group = Group()
-    far = apply_cmd(1, writes=[write_of(A, op.write("x", 1))], deadline_ms=NOW_MS + 120_001)
+    far = apply_cmd(1, writes=[write_of(A, op.write("x", 1))], deadline_ms=TOO_FAR_MS)
     assert group.apply(far).code == ResultCode.PARAMETER_ERROR
-    begin = TxnBegin(2, NOW_MS, NOW_MS + 120_001, (0, 1))
+    begin = TxnBegin(2, NOW_MS, TOO_FAR_MS, (0, 1))
     assert group.apply(begin).code == ResultCode.PARAMETER_ERROR
 
 
@@ -560,6 +563,18 @@ def commit_cmd(
     return TxnCommit(
         txn_id, home.now_ms, home.deadline_ms, home.reads, home.writes, home.participants
     )
+
+
+def test_a_commit_accepts_the_longest_timeout_from_a_coordinator_whose_clock_is_ahead() -> None:
+    """The coordinator (another group's leader) stamped the deadline with its clock, a few
+    seconds ahead of the home leader's: the longest timeout is still legal there."""
+    group = Group()
+    skewed = NOW_MS + TXN_TIMEOUT_MS_MAX + TXN_CLOCK_SKEW_MS_MAX
+    commit = commit_cmd(5, [], [write_of(A, op.write("x", 1))], deadline_ms=skewed)
+    assert state_of(group.apply(commit)) is TxnState.COMMITTED
+    refused = commit_cmd(6, [], [write_of(C, op.write("x", 1))], deadline_ms=TOO_FAR_MS)
+    assert group.apply(refused).code == ResultCode.PARAMETER_ERROR
+    assert group.record(C) is None
 
 
 def test_commit_writes_the_home_records_and_decides_in_one_command() -> None:
@@ -880,7 +895,7 @@ def test_a_failed_home_prepare_leaves_no_record_and_the_decide_aborts() -> None:
     ("change", "code"),
     [
         ({"now_ms": DEADLINE_MS + 1}, ResultCode.MRT_EXPIRED),
-        ({"deadline_ms": NOW_MS + 120_001}, ResultCode.PARAMETER_ERROR),
+        ({"deadline_ms": TOO_FAR_MS}, ResultCode.PARAMETER_ERROR),
         ({"participants": (1, 0)}, ResultCode.PARAMETER_ERROR),
         ({"participants": (1, 1)}, ResultCode.PARAMETER_ERROR),
         ({"participants": (1, 2)}, ResultCode.PARAMETER_ERROR),  # home 0 not among them
