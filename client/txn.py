@@ -24,9 +24,9 @@ Rules (docs/transactions.md has the server's half):
   written key's group other than the home group if there is one (`coordinator_key`), else
   to the home group's leader; that leader coordinates. OK: committed. A definite failure:
   aborted, raised (120 blocked, 121 version mismatch, 122 expired, ...; nothing was
-  applied). Unknown: the SDK asks the same leader to settle it (`status_only`; an open
-  transaction is then aborted) and raises `in_doubt=True` only if that is unknown too;
-  `txn_status` asks again later.
+  applied). Unknown: the SDK asks the leader of the same group (by now maybe another node)
+  to settle it (`status_only`; an open transaction is then aborted) and raises
+  `in_doubt=True` only if that is unknown too; `txn_status` asks again later.
 - Limits, checked as the transaction grows: 4096 written records (MRT_TOO_MANY_WRITES), the
   ops of one key (1024), and the encoded commit within the frame limit (RECORD_TOO_BIG).
 - Local results (generation, ttl, ops' results inside the transaction) are computed with

@@ -227,6 +227,8 @@ class Node:
         # Any participant's leader may coordinate (docs/transactions.md, "How it runs"): the
         # SDK picks a group other than the home group when there is one.
         digests = [r.digest for r in request.reads] + [w.digest for w in request.writes]
+        if request.home_digest not in digests:  # before routing: no node would take it
+            raise error(ResultCode.PARAMETER_ERROR, "the home digest is not a key of the txn")
         groups = {keys.partition_id(d) % namespace.partition_groups for d in digests}
         if not any(self.local_leader(namespace.name, g) is not None for g in groups):
             raise _not_leader(f"this node leads no group of transaction {request.txn_id}")

@@ -203,12 +203,9 @@ class TxnService:
     # -- commits --------------------------------------------------------------------------------
 
     def commit(self, msg: TxnCommitMsg, now: int, reply: Callable[[Response], None]) -> None:
-        """Coordinate `msg` here, the leader of one of its groups (Node checked that)."""
+        """Coordinate `msg` here, the leader of one of its groups (Node checked that, and that
+        the home digest is one of its keys)."""
         group_count = self._node.group_count(msg.namespace)
-        digests = [r.digest for r in msg.reads] + [w.digest for w in msg.writes]
-        if msg.home_digest not in digests:
-            reply(_refused(ResultCode.PARAMETER_ERROR, "the home digest is not a key of the txn"))
-            return
         if msg.timeout_ms > TXN_TIMEOUT_MS_MAX:
             reply(
                 _refused(

@@ -113,11 +113,17 @@ def test_a_two_group_commit_is_coordinated_by_the_other_groups_leader(db: client
     """The SDK sends the commit to the leader of the written key outside the home group:
     that group's prepare and resolve are local calls there, so the transaction takes one
     node-to-node step (the commit at home), not two (a prepare and a resolve elsewhere)."""
-    leaders = eventually(
-        lambda: db.info("partition-map")["namespaces"][NS]["leaders"], "the groups' leaders"
-    )
+
+    def balanced() -> list[str] | None:
+        # Leaders move to each group's preferred replica in the first seconds after a start
+        # (and then stay): wait for that, so that no leader moves while the test counts.
+        space = db.info("partition-map")["namespaces"][NS]
+        preferred = [replicas[0] for replicas in space["replicas"]]
+        return preferred if space["leaders"] == preferred else None
+
+    leaders = eventually(balanced, "every group led by its preferred replica")
     home_group = 0
-    other_group = next(g for g in range(GROUPS) if leaders[g] not in (None, leaders[home_group]))
+    other_group = next(g for g in range(GROUPS) if leaders[g] != leaders[home_group])
     home, other = keys_in_groups("coordinator", [home_group, other_group])
     for key in (home, other):
         db.put(key, {"n": 1})
@@ -125,14 +131,16 @@ def test_a_two_group_commit_is_coordinated_by_the_other_groups_leader(db: client
     def counts(name: str) -> dict[str, int]:
         return {node: stats.get(name, 0) for node, stats in db.info_all("statistics").items()}
 
-    commits, steps = counts("requests_txn_commit"), counts("requests_txn_step")
+    # A commit is counted by the node that coordinated it (commit *requests* are not used:
+    # a node that redirects one counts it too); steps come from the nodes' own fresh maps.
+    committed, steps = counts("txn_committed"), counts("requests_txn_step")
     with db.transaction(timeout=10) as t:
         t.get(home)  # the first key: its group is the home group
         t.put(home, {"n": 2})
         t.put(other, {"n": 2})
-    commits_grown = {n: c - commits[n] for n, c in counts("requests_txn_commit").items()}
+    committed_grown = {n: c - committed[n] for n, c in counts("txn_committed").items()}
     steps_grown = {n: c - steps[n] for n, c in counts("requests_txn_step").items()}
-    assert {n: c for n, c in commits_grown.items() if c} == {leaders[other_group]: 1}
+    assert {n: c for n, c in committed_grown.items() if c} == {leaders[other_group]: 1}
     assert {n: c for n, c in steps_grown.items() if c} == {leaders[home_group]: 1}
     assert [db.get(key)[2] for key in (home, other)] == [{"n": 2}, {"n": 2}]
 
@@ -241,6 +249,17 @@ def test_limits_are_clear_errors(db: client.Client) -> None:
     assert raised.value.code == ResultCode.MRT_TOO_MANY_WRITES
     with pytest.raises(ex.ParamError):
         db.get((NS, "limits", 1), policy={"txn": "not a transaction"})
+
+
+def test_a_commit_whose_home_key_is_not_its_own_is_refused_at_once(db: client.Client) -> None:
+    """Checked before routing: no node leads a group of a commit without keys, so a redirect
+    would send it around until its timeout."""
+    digest = client.calc_digest(NS, "limits", "home")
+    policy = Policy(total_timeout_ms=TIMEOUT_MS)
+    empty = wire.TxnCommitMsg(NS, 7, digest, TIMEOUT_MS, (), ())
+    call = db.exchange(NS, keys.partition_id(digest), empty, policy)
+    assert call.error is not None and call.error.code == ResultCode.PARAMETER_ERROR
+    assert not call.error.in_doubt
 
 
 # -- locks and recovery ---------------------------------------------------------------------------
