@@ -65,7 +65,9 @@ def apply_write(bins: Bins | None, write: Write) -> Bins:
         elif op.code == OpCode.LIST_APPEND:
             updated[op.bin] = [*updated.get(op.bin, []), op.args[0]]
         elif op.code != OpCode.READ:
-            raise NotImplementedError(f"the fake does not apply {op.code!r}")
+            # The workloads send only the codes above: any other one is a workload change
+            # this fake must learn first, so the test fails here rather than guess.
+            raise AssertionError(f"the fake applies WRITE, LIST_APPEND and READ, not {op.code!r}")
     return updated
 
 
