@@ -60,7 +60,8 @@ Fernet), `FileJournal`'s meta storer (durable term and vote), `SyncObj`'s main-t
 wake-up-pipe attributes (tick thread lifetime, the pipe its `destroy()` leaks), its
 `__applyLogEntries`, `__newAppendEntriesTime`, `__raftState` and `_onTick` (the deferred
 commit notice), `TcpConnection`'s write buffer and `__trySendBuffer` (the stored sends), its
-clock `pysyncobj.monotonic`, and `_isLeader` / `_getLeader`.
+clock `pysyncobj.monotonic`, `pysyncobj.pickle`'s protocol global (protocol 5), and
+`_isLeader` / `_getLeader`.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ import hashlib
 import hmac
 import itertools
 import os
+import pickle
 import shutil
 import struct
 import threading
@@ -298,6 +300,7 @@ class PysyncobjLog:
         self._dump_path = group_dir / DUMP_FILE
         self._repair_store_ahead_of_journal(peers_count=len(self._node_to_address) - 1)
         _use_our_fernet()
+        _use_pickle_protocol_5()
         _register_journal(self._journal_path, durable=self._options.durable)
         try:
             self._replica = _Replica(
@@ -954,6 +957,24 @@ def _use_our_fernet() -> None:
     pysyncobj_syncobj.getEncryptor = _fernet_of
 
 
+# -- pickling ---------------------------------------------------------------------------------
+#
+# pysyncobj pickles every command and every message with protocol 2, which has no opcode for
+# bytes: a bytes object becomes a call of `_codecs.encode` on its latin-1 text, stored as
+# UTF-8, so every byte over 0x7f takes two. Our entries are binary (msgpack: digests, lengths),
+# pickled once as a command and again inside the AppendEntries that carries them. An entry of
+# 19 writes (2,988 bytes) went out as a 4,703-byte message, and pickling, unpickling and
+# unpickling the command took 5.7 + 4.7 + 2.8 us; with protocol 5: 3,136 bytes, 0.6 + 1.0 +
+# 0.4 us, and less for Fernet, base64 and the socket to carry. `pickle.loads` reads any
+# protocol, so journals written with protocol 2 and stock peers still sending it are read.
+PICKLE_PROTOCOL = 5
+
+
+def _use_pickle_protocol_5() -> None:
+    """pysyncobj's pickle module reads its protocol from a module global."""
+    vars(pysyncobj.pickle)["__protocol"] = PICKLE_PROTOCOL
+
+
 def _store_sends(connection: Any) -> None:
     connection.send = functools.partial(_send, connection)
 
@@ -961,7 +982,7 @@ def _store_sends(connection: Any) -> None:
 def _send(connection: Any, message: Any) -> None:
     if connection.sendRandKey:
         message = (connection.sendRandKey, message)
-    data = zlib.compress(pysyncobj.pickle.dumps(message), 0)
+    data = zlib.compress(pickle.dumps(message, PICKLE_PROTOCOL), 0)
     if connection.encryptor:
         data = connection.encryptor.encrypt_at_time(data, int(pysyncobj_monotonic()))
     connection._TcpConnection__writeBuffer += _MESSAGE_LENGTH.pack(len(data)) + data

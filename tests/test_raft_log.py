@@ -13,14 +13,19 @@ import os
 import socket
 import threading
 import time
+import types
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import pysyncobj.pickle
 import pytest
 from cryptography.fernet import InvalidToken
 from pysyncobj import encryptor as pysyncobj_encryptor
+from pysyncobj.journal import FileJournal
+from pysyncobj.syncobj import _COMMAND_TYPE
 
 from raftstore import command_codec, keys, raft_log
 from raftstore import ops as op
@@ -563,3 +568,36 @@ def test_an_idle_group_ticks_at_its_poll_period(cluster: Cluster) -> None:
     time.sleep(1.0)
     assert ticks[leader.node_id] < 200, ticks  # heartbeats, acks, 20 polls a second
     assert max(ticks.values()) < 200, ticks
+
+
+def test_commands_and_messages_are_pickled_with_protocol_5(cluster: Cluster) -> None:
+    """Protocol 2 (pysyncobj's) stores bytes as latin-1 text in UTF-8: binary entries grew by
+    half as commands and again inside messages."""
+    cluster.start_all()
+    increments(cluster, 1, 3)
+    cluster.converged()
+    follower = cluster.followers()[0]
+    journal_path = str(follower.group_dir / raft_log.JOURNAL_FILE)
+    cluster.stop_all()
+    journal = FileJournal(journal_path)
+    try:
+        # A command is its type byte, then pysyncobj's pickle of (method, args, kwargs).
+        commands = [journal[i][0] for i in range(len(journal))]
+    finally:
+        journal._destroy()
+    regular = [c for c in commands if c[0] == _COMMAND_TYPE.REGULAR]  # not elections' no-ops
+    assert len(regular) >= 3
+    assert all(c[1:3] == b"\x80\x05" for c in regular), [c[:3] for c in regular]
+
+    sent = bytearray()
+    connection = types.SimpleNamespace(
+        sendRandKey=None,
+        encryptor=None,
+        _TcpConnection__writeBuffer=sent,
+        _TcpConnection__trySendBuffer=lambda: None,
+    )
+    message = {"type": "append_entries", "entries": [(regular[0], 7, 1)], "term": 1}
+    raft_log._send(connection, message)
+    body = zlib.decompress(bytes(sent[4:]))
+    assert body[:2] == b"\x80\x05"
+    assert pysyncobj.pickle.loads(body) == message  # what a stock peer does with it
