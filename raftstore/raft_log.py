@@ -963,9 +963,9 @@ def _use_our_fernet() -> None:
 # bytes: a bytes object becomes a call of `_codecs.encode` on its latin-1 text, stored as
 # UTF-8, so every byte over 0x7f takes two. Our entries are binary (msgpack: digests, lengths),
 # pickled once as a command and again inside the AppendEntries that carries them. An entry of
-# 19 writes (2,988 bytes) went out as a 4,703-byte message, and pickling, unpickling and
-# unpickling the command took 5.7 + 4.7 + 2.8 us; with protocol 5: 3,136 bytes, 0.6 + 1.0 +
-# 0.4 us, and less for Fernet, base64 and the socket to carry. `pickle.loads` reads any
+# 19 writes (2,988 bytes) went out as a 4,703-byte message; pickling the message, unpickling
+# it and unpickling the command in it took 5.7 + 4.7 + 2.8 us. With protocol 5: 3,136 bytes,
+# 0.6 + 1.0 + 0.4 us, and less for Fernet, base64 and the socket to carry. `pickle.loads` reads any
 # protocol, so journals written with protocol 2 and stock peers still sending it are read.
 PICKLE_PROTOCOL = 5
 
