@@ -192,9 +192,7 @@ class Peer:
                 refused = wire.Response(code=response.code, message=response.message)
                 self._adopt(response.partition_map or self._map_of())
                 continue
-            if response.in_doubt or not is_definite(response.code):
-                return None
-            if response.code == ResultCode.TIMEOUT:
+            if response.in_doubt or not is_definite(response.code):  # TIMEOUT among them
                 return None
             return response
         return refused
