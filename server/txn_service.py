@@ -161,15 +161,19 @@ class _Run:
 
     def _perform(self, actions: list[Action]) -> None:
         for action in actions:
-            if isinstance(action, Propose):
-                self._service.propose(
-                    self._namespace,
-                    action.group,
-                    action.command,
-                    functools.partial(self._reply, action.action_id),
-                )
-            else:
+            if not isinstance(action, Propose):
                 self._finish(action)
+                continue
+            here = self._service.propose(
+                self._namespace,
+                action.group,
+                action.command,
+                functools.partial(self._reply, action.action_id),
+            )
+            if here:  # in this node's queue for the group: ordered before what comes later
+                with self._lock:
+                    placed = self._machine.on_placed(action.action_id, now_ms())
+                self._perform(placed)
 
     def _reply(self, action_id: int, result: Result | None) -> None:
         with self._lock:
@@ -293,19 +297,21 @@ class TxnService:
 
     def propose(
         self, namespace: str, group_id: int, command: TxnCommand, reply: StepResult
-    ) -> None:
-        """Propose `command` in the group, here or at its leader; `reply` once."""
+    ) -> bool:
+        """Propose `command` in the group, here or at its leader; `reply` once. True if it
+        went into this node's own queue for the group (this node leads it)."""
         once = _Once(self._watching_blocks(namespace, group_id, reply))
         self._timeouts.add(once, STEP_TIMEOUT_S)
         local = self._node.local_leader(namespace, group_id)
         if local is not None:
             local.runtime.submit_to(replace(command, now_ms=now_ms()), once)
-            return
+            return True
 
         def answered(response: Response | None) -> None:
             once(_step_result(response))
 
         self._peer.step(namespace, group_id, command, 0, answered)
+        return False
 
     def _watching_blocks(self, namespace: str, group_id: int, reply: StepResult) -> StepResult:
         def watched(result: Result | None) -> None:

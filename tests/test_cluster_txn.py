@@ -145,6 +145,30 @@ def test_a_two_group_commit_is_coordinated_by_the_other_groups_leader(db: client
     assert [db.get(key)[2] for key in (home, other)] == [{"n": 2}, {"n": 2}]
 
 
+def test_the_records_of_a_committed_transaction_are_usable_at_once(db: client.Client) -> None:
+    """The answer may leave before the other group's resolve applies (it is only queued at
+    that group's leader, docs/transactions.md), yet the client's next write, read and
+    transaction on those records behave as if it had waited: none is blocked (120), none
+    reads the old value, none fails its version check (121)."""
+    home, other = keys_in_groups("at-once", [0, 3])
+    for key in (home, other):
+        db.put(key, {"n": 0})
+    for n in range(1, 21):
+        with db.transaction(timeout=10) as t:
+            t.get(home)
+            t.put(home, {"n": 2 * n - 1})
+            t.put(other, {"n": 2 * n - 1})
+        assert db.get(other)[2]["n"] == 2 * n - 1, "a read right after the commit"
+        db.put(other, {"n": 2 * n - 1, "touched": n})  # a single-record write: not blocked
+        with db.transaction(timeout=10) as t:
+            first, second = t.batch_read([home, other])
+            assert first.record is not None and second.record is not None
+            assert second.record[2] == {"n": 2 * n - 1, "touched": n}
+            t.put(home, {"n": 2 * n})
+            t.put(other, {"n": 2 * n})
+    assert [db.get(key)[2]["n"] for key in (home, other)] == [40, 40]
+
+
 def test_aerospike_shape_with_policy_txn_and_commit_abort_statuses(db: client.Client) -> None:
     a, b = keys_in_groups("shape", [0, 3])
     db.put(a, {"n": 1})

@@ -8,7 +8,9 @@ and either applies it and answers, applies it and loses the answer, loses it, an
 the leader", times the owner out while the message stays in flight to be applied later, or
 applies and answers it but leaves a copy in flight (those left in flight are *zombies*: the
 duplicates delayed in the network, applied much later or never). The proposer stamps
-`now_ms` when the command applies. Every failure message carries the seed that replays it.
+`now_ms` when the command applies. With `places`, half the resolves are also reported
+placed (`on_placed`) as they go out, as a node does for a group it leads, so the answer may
+come before they apply. Every failure message carries the seed that replays it.
 """
 
 from __future__ import annotations
@@ -87,6 +89,7 @@ class Sim:
     seed: int
     group_count: int
     faults: bool = True
+    places: bool = False
     step_ms_max: int = 40
     rng: random.Random = field(init=False)
     groups: list[Group] = field(init=False)
@@ -100,6 +103,7 @@ class Sim:
     commit_order: list[int] = field(default_factory=list)
     commit_steps: dict[int, int] = field(default_factory=dict)
     answers: dict[int, tuple[Answer, int]] = field(default_factory=dict)
+    early_answers: int = 0  # answers given while the coordinator's resolves still ran
     recovered: list[Recovered] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -131,13 +135,20 @@ class Sim:
         for action in actions:
             if isinstance(action, Propose):
                 self.flights.append(Flight(actor, action))
+                resolve = isinstance(action.command, TxnResolve)
+                if self.places and resolve and self.rng.random() < 0.5 and self._hears(actor):
+                    self._handle(actor, actor.on_placed(action.action_id, self.clock))
             elif isinstance(action, Answer):
                 assert action.txn_id not in self.answers, "answered twice"
                 self.answers[action.txn_id] = (action, self.steps)
+                self.early_answers += not actor.done
             else:
                 assert isinstance(action, Recovered)
                 self.recovered.append(action)
                 del self.recovering[(action.txn_id, action.group)]
+
+    def _hears(self, actor: Actor) -> bool:
+        return id(actor) not in self.crashed and id(actor) not in self.paused
 
     def _reply(self, actor: Actor, action_id: int, reply: Result | None) -> None:
         if id(actor) in self.crashed:
@@ -399,6 +410,42 @@ def test_several_groups_prepare_then_commit_at_home_then_resolve() -> None:
     assert answer.outcome is Outcome.COMMITTED
 
 
+def test_the_answer_goes_once_every_resolve_is_placed_and_the_resolves_still_finish() -> None:
+    coord = Coordinator(
+        9, 0, DEADLINE_MS, [], [increment(A0), increment(A1), increment(A2)], groups_of_three
+    )
+    prepares = proposals(coord.start(NOW_MS))
+    assert coord.on_placed(prepares[0].action_id, NOW_MS) == [], "only resolves count"
+    coord.on_reply(prepares[0].action_id, Result(count=1), NOW_MS)
+    commit = only(coord.on_reply(prepares[1].action_id, Result(count=1), NOW_MS))
+    resolves = proposals(
+        coord.on_reply(commit.action_id, decide_result(TxnState.COMMITTED, 77), NOW_MS)
+    )
+    assert [r.group for r in resolves] == [1, 2]
+    assert coord.on_placed(resolves[0].action_id, NOW_MS) == [], "group 2 is not placed yet"
+    # Group 1's placed resolve is refused (its leader lost the term): placed no more.
+    retry = only(coord.on_reply(resolves[0].action_id, Result(code=ResultCode.NOT_LEADER), NOW_MS))
+    assert coord.on_placed(resolves[1].action_id, NOW_MS) == []
+    answer = only(coord.on_placed(retry.action_id, NOW_MS))
+    assert answer == Answer(9, Outcome.COMMITTED, ResultCode.OK, "committed")
+    assert coord.answer == answer and not coord.done, "its resolves are still running"
+    assert coord.on_reply(resolves[1].action_id, Result(), NOW_MS) == []
+    assert coord.on_reply(retry.action_id, Result(), NOW_MS) == [], "answered once"
+    assert coord.done
+    with pytest.raises(CoordinatorMisuse):
+        coord.on_reply(retry.action_id, Result(), NOW_MS)
+
+
+def test_an_abort_is_answered_early_too_with_its_failure() -> None:
+    coord = coordinator([increment(A0), increment(A1)], [TxnRead(A0, 1, 5)])
+    commit = _through_prepares(coord)
+    stale = Result(code=ResultCode.MRT_VERSION_MISMATCH, message="stale")
+    resolve = only(coord.on_reply(commit.action_id, stale, NOW_MS))
+    answer = only(coord.on_placed(resolve.action_id, NOW_MS))
+    assert (answer.outcome, answer.failure) == (Outcome.ABORTED, stale)
+    assert coord.on_reply(resolve.action_id, Result(), NOW_MS) == [] and coord.done
+
+
 def test_a_home_group_failing_its_commit_checks_aborts_with_its_failure() -> None:
     coord = coordinator([increment(A0), increment(A1)], [TxnRead(A0, 1, 5)])
     commit = _through_prepares(coord)
@@ -566,10 +613,12 @@ class OneTxn:
     written: list[tuple[bytes, int]]  # (digest, group)
 
 
-def one_txn(seed: int, group_count: int, *, home_outside: bool = False) -> OneTxn:
+def one_txn(
+    seed: int, group_count: int, *, home_outside: bool = False, places: bool = False
+) -> OneTxn:
     """One transaction over `group_count` groups, its home the group of its first key, or
     with `home_outside` an extra group holding none of its keys (it gets a TxnBegin)."""
-    sim = Sim(seed, group_count + 1 if home_outside else group_count)
+    sim = Sim(seed, group_count + 1 if home_outside else group_count, places=places)
     rng = random.Random(seed * 7919 + group_count)
     written = []
     reads = []
@@ -601,9 +650,14 @@ def one_txn(seed: int, group_count: int, *, home_outside: bool = False) -> OneTx
 
 
 def run_one_txn(
-    seed: int, group_count: int, stop: tuple[int, str] | None, *, home_outside: bool = False
+    seed: int,
+    group_count: int,
+    stop: tuple[int, str] | None,
+    *,
+    home_outside: bool = False,
+    places: bool = False,
 ) -> OneTxn:
-    case = one_txn(seed, group_count, home_outside=home_outside)
+    case = one_txn(seed, group_count, home_outside=home_outside, places=places)
     sim, coord = case.sim, case.coordinator
     if stop is not None:
         sim.watch(coord, *stop)
@@ -638,15 +692,16 @@ SEEDS = range(24)
 
 @pytest.mark.parametrize("group_count", [1, 2, 3])
 @pytest.mark.parametrize("mode", ["crash", "pause"])
+@pytest.mark.parametrize("places", [False, True], ids=["answer-after-resolves", "placed"])
 def test_a_coordinator_stopped_after_any_step_leaves_all_or_nothing(
-    group_count: int, mode: str
+    group_count: int, mode: str, places: bool
 ) -> None:
     for seed in SEEDS:
-        full = run_one_txn(seed, group_count, None)
+        full = run_one_txn(seed, group_count, None, places=places)
         assert full.coordinator.done, full.sim.why()
-        events = _events_of(seed, group_count)
+        events = _events_of(seed, group_count, places=places)
         for stop_after in range(1, events + 1):
-            run_one_txn(seed, group_count, (stop_after, mode))
+            run_one_txn(seed, group_count, (stop_after, mode), places=places)
 
 
 @pytest.mark.parametrize("mode", ["crash", "pause"])
@@ -660,8 +715,10 @@ def test_a_home_group_outside_the_transaction_leaves_all_or_nothing(mode: str) -
             run_one_txn(seed, 2, (stop_after, mode), home_outside=True)
 
 
-def _events_of(seed: int, group_count: int, *, home_outside: bool = False) -> int:
-    case = one_txn(seed, group_count, home_outside=home_outside)
+def _events_of(
+    seed: int, group_count: int, *, home_outside: bool = False, places: bool = False
+) -> int:
+    case = one_txn(seed, group_count, home_outside=home_outside, places=places)
     case.sim.watch(case.coordinator, 10**9, "crash")
     case.sim.start(case.coordinator)
     while case.sim.flights and not case.coordinator.done:
@@ -670,14 +727,18 @@ def _events_of(seed: int, group_count: int, *, home_outside: bool = False) -> in
 
 
 def test_the_simulation_reaches_every_outcome() -> None:
-    """Test the tester: across the seeds, commits, aborts and doubts all happen."""
+    """Test the tester: across the seeds, commits, aborts and doubts all happen, and with
+    `places` some answers go before the resolves are done."""
     outcomes = set()
+    early = 0
     for seed in SEEDS:
         for group_count in (1, 2, 3):
             answer = run_one_txn(seed, group_count, None).coordinator.answer
             assert answer is not None
             outcomes.add(answer.outcome)
+            early += run_one_txn(seed, group_count, None, places=True).sim.early_answers
     assert outcomes == set(Outcome)
+    assert early > 5, early
 
 
 def test_the_checker_catches_a_half_applied_transaction() -> None:
@@ -884,8 +945,10 @@ def check_bank(bank: Bank) -> None:
         assert answer.outcome is not Outcome.ABORTED or not committed, why
 
 
-def run_bank(seed: int, account_count: int, group_count: int, transfers: int) -> Bank:
-    sim = Sim(seed, group_count, step_ms_max=25)
+def run_bank(
+    seed: int, account_count: int, group_count: int, transfers: int, *, places: bool = False
+) -> Bank:
+    sim = Sim(seed, group_count, places=places, step_ms_max=25)
     accounts = []
     for i in range(account_count):
         key = keys.calc_digest("test", "s", f"account-{i}")
@@ -905,12 +968,13 @@ def run_bank(seed: int, account_count: int, group_count: int, transfers: int) ->
     account_count=st.integers(2, 6),
     group_count=st.integers(1, 3),
     transfers=st.integers(1, 8),
+    places=st.booleans(),
 )
 def test_concurrent_transfers_match_a_serial_order(
-    seed: int, account_count: int, group_count: int, transfers: int
+    seed: int, account_count: int, group_count: int, transfers: int, places: bool
 ) -> None:
-    note(f"replay: run_bank({seed}, {account_count}, {group_count}, {transfers})")
-    check_bank(run_bank(seed, account_count, group_count, transfers))
+    note(f"replay: run_bank({seed}, {account_count}, {group_count}, {transfers}, places={places})")
+    check_bank(run_bank(seed, account_count, group_count, transfers, places=places))
 
 
 def test_the_bank_reaches_commits_and_aborts() -> None:

@@ -8,7 +8,11 @@ out. No clock, no randomness, no network here; time comes in as `now_ms` argumen
     # for each Propose: propose its command in its group (through the group's leader, maybe
     # on another node); when the outcome is known, or given up on (a timeout), call
     actions = coordinator.on_reply(action_id, result_or_None, now_ms)
-    # ... until an Answer comes out: tell the client, the coordinator is done.
+    # ... until an Answer comes out: tell the client. The coordinator is `done` once every
+    # step is answered (its resolves may still be running after the Answer).
+    # When a Propose went to a local leader's queue, which orders it before any command
+    # that leader gets later, the node may also call
+    actions = coordinator.on_placed(action_id, now_ms)
 
 Every Propose gets exactly one `on_reply`: the command's `Result`, or None when its outcome
 is unknown (timeout, lost acknowledgement, leadership lost). A definite result with a code of
@@ -29,7 +33,8 @@ Steps (docs/transactions.md):
   one but this coordinator proposes a TxnCommit, so the transaction can only abort, and a
   recovery that meets a leftover intent records the abort at home itself. Then TxnResolve in
   every other group with the decided state; then the Answer.
-  2 groups: 3 commands in 3 rounds (prepare, commit at home, resolve).
+  2 groups: 3 commands in 3 rounds (prepare, commit at home, resolve); the Answer after
+  the second when the resolve is placed (below).
 - a home group that is not a participant: TxnBegin first; once it answered, TxnPrepare in
   every group; TxnDecide at home (COMMITTED only if every prepare succeeded); TxnResolve in
   every group; then the Answer.
@@ -45,6 +50,13 @@ Steps (docs/transactions.md):
   TxnCommit, and no one can commit the transaction any more.
 - a resolve given up on is left to recovery (past the deadline, anyone who meets the intent
   asks the home group); the Answer still tells the decided state.
+- when the Answer goes: once the decision is final and every resolve has been answered *or
+  placed* (`on_placed`: queued at the group's leader ahead of whatever that leader is sent
+  later). The client's next command to that group then applies after the resolve, as if the
+  answer had waited for it, and a read that comes first meets the intent and reads through
+  it (docs/transactions.md, "Who meets an intent"). Without `on_placed` the Answer waits for
+  every resolve's reply. A placed resolve that is then refused (the leader lost its term)
+  is retried like any step and counts as placed no more.
 
 `Recovery(txn_id, home, deadline_ms, group)` is what a node does with an intent past its
 deadline: TxnDecide(ABORTED, resolve_here) at home, whose answer is the final state (COMMITTED
@@ -219,11 +231,13 @@ class Coordinator:
         self._decision: TxnState | None = None
         self._decided_ms = 0
         self._resolved: set[int] = set()
+        self._placed: set[int] = set()  # groups whose resolve sits in a leader's queue
         self.answer: Answer | None = None
 
     @property
     def done(self) -> bool:
-        return self.answer is not None
+        """Every step answered (or given up on): nothing more will be proposed."""
+        return self._phase is _Phase.DONE
 
     # -- events ---------------------------------------------------------------------------------
 
@@ -260,10 +274,21 @@ class Coordinator:
             if step.attempts < self.attempts_max:
                 step.attempts += 1
                 step.command = _restamp(step.command, now_ms)
+                self._placed.discard(step.group)  # that queue's promise is void
                 return [self._proposals.propose(step)]
             return self._gave_up(step, now_ms)
         assert reply is not None
         return self._answered(step, reply, now_ms)
+
+    def on_placed(self, action_id: int, now_ms: int) -> list[Action]:
+        """The proposal `action_id` sits in its group's leader's queue, ahead of anything
+        that leader is sent from now on. Only resolves count; an action already answered (a
+        quick local apply) is ignored."""
+        step = self._proposals.waiting.get(action_id)
+        if self._phase is not _Phase.RESOLVING or step is None:
+            return []
+        self._placed.add(step.group)
+        return self._answer_when_settled()
 
     # -- phases ---------------------------------------------------------------------------------
 
@@ -387,26 +412,40 @@ class Coordinator:
         if group is not None:
             self._resolved.add(group)
         if not self._resolved.issuperset(self.groups):
+            return self._answer_when_settled()
+        actions = self._answer_when_settled()
+        self._phase = _Phase.DONE
+        return actions
+
+    def _answer_when_settled(self) -> list[Action]:
+        """The decided answer, once every group is resolved or has its resolve placed."""
+        if self.answer is not None or not (self._resolved | self._placed).issuperset(self.groups):
             return []
         if self._decision is TxnState.COMMITTED:
-            return [self._finish(Outcome.COMMITTED, ResultCode.OK, "committed")]
+            return [self._answer(Outcome.COMMITTED, ResultCode.OK, "committed")]
         failed = [
             (group, r) for group, r in sorted(self._prepared.items()) if r is not None and not r.ok
         ]
         if failed:
             reply = failed[0][1]
             assert reply is not None
-            return [self._finish(Outcome.ABORTED, reply.code, reply.message, reply)]
+            return [self._answer(Outcome.ABORTED, reply.code, reply.message, reply)]
         if self._proposed is TxnState.COMMITTED:
             why = "aborted by a recovery, or decided after the deadline"
         else:
             why = "a prepare's outcome stayed unknown"
-        return [self._finish(Outcome.ABORTED, ResultCode.MRT_ABORTED, why)]
+        return [self._answer(Outcome.ABORTED, ResultCode.MRT_ABORTED, why)]
 
     def _finish(
         self, outcome: Outcome, code: int, message: str, failure: Result | None = None
     ) -> Answer:
+        """Answer, with nothing left to do."""
         self._phase = _Phase.DONE
+        return self._answer(outcome, code, message, failure)
+
+    def _answer(
+        self, outcome: Outcome, code: int, message: str, failure: Result | None = None
+    ) -> Answer:
         self.answer = Answer(self.txn_id, outcome, code, message, failure)
         return self.answer
 
@@ -476,6 +515,10 @@ class Recovery:
             )
             return [self._proposals.propose(_Step(self.group, resolve))]
         return [self._finish(self._state if reply.ok else None)]
+
+    def on_placed(self, action_id: int, now_ms: int) -> list[Action]:
+        """Nobody waits on a recovery's placement: its end is its last reply."""
+        return []
 
     def _finish(self, state: TxnState | None) -> Recovered:
         self.result = Recovered(self.txn_id, self.group, state)
