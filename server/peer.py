@@ -52,8 +52,7 @@ StepReply = Callable[[wire.Response | None], None]
 Address = tuple[str, int]
 
 
-class _Lost(Exception):
-    """The connection closed after the frame may have left: the outcome is unknown."""
+Answer = Callable[[wire.Response | None], None]
 
 
 class _Connection:
@@ -61,23 +60,23 @@ class _Connection:
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writer = writer
-        self._waiting: dict[int, asyncio.Future[wire.Response]] = {}
+        self._waiting: dict[int, Answer] = {}
         self._ids = itertools.count(1)
         self.closed = False
         self._reading = asyncio.get_running_loop().create_task(self._read(reader))
 
-    async def call(self, message: wire.TxnStepMsg, timeout_s: float) -> wire.Response:
-        """The answer; raises _Lost if the connection closes first, TimeoutError if late."""
-        if self.closed:
-            raise _Lost
-        request_id = next(self._ids)
-        answer: asyncio.Future[wire.Response] = asyncio.get_running_loop().create_future()
+    def send(self, message: wire.TxnStepMsg, answer: Answer) -> int:
+        """Write the frame; `answer` gets the response, or None if the connection closes
+        first. The request id, for `forget`. Raises RaftstoreError if it cannot be encoded
+        (nothing was sent)."""
+        data = wire.encode_request(request_id := next(self._ids), message)
         self._waiting[request_id] = answer
-        try:
-            self._writer.write(wire.encode_request(request_id, message))
-            return await asyncio.wait_for(answer, timeout_s)
-        finally:
-            self._waiting.pop(request_id, None)  # a late answer finds nobody and is dropped
+        self._writer.write(data)
+        return request_id
+
+    def forget(self, request_id: int) -> None:
+        """The sender gave up: a late answer finds nobody and is dropped."""
+        self._waiting.pop(request_id, None)
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         frames = wire.FrameReader()
@@ -85,9 +84,9 @@ class _Connection:
             while data := await reader.read(READ_CHUNK_BYTES):
                 for body in frames.feed(data):
                     request_id, response = wire.decode_response(body)
-                    answer = self._waiting.get(request_id)
-                    if answer is not None and not answer.done():
-                        answer.set_result(response)
+                    answer = self._waiting.pop(request_id, None)
+                    if answer is not None:
+                        answer(response)
         except (OSError, RaftstoreError) as exc:
             log.info("peer_connection_lost", reason=str(exc))
         finally:
@@ -97,27 +96,109 @@ class _Connection:
         if self.closed:
             return
         self.closed = True
-        for answer in self._waiting.values():
-            if not answer.done():
-                answer.set_exception(_Lost())
+        waiting, self._waiting = list(self._waiting.values()), {}
+        for answer in waiting:
+            answer(None)
         self._writer.close()
         self._reading.cancel()
+
+
+class _Step:
+    """One step on the peer's thread: plain callbacks and one timer, no task of its own (a
+    task and two `wait_for`s a step were half of this thread's time in a cross-group
+    transaction). Tries the leader, follows redirects, answers `reply` exactly once."""
+
+    def __init__(self, peer: Peer, message: wire.TxnStepMsg, reply: StepReply) -> None:
+        self._peer = peer
+        self._message = message
+        self._reply = reply
+        self._attempt = 0
+        self._refused: wire.Response | None = None  # the last NOT_LEADER, as a definite answer
+        self._sent: tuple[_Connection, int] | None = None
+        self.done = False
+        self._timer = peer.loop.call_later(peer.timeout_s, self.finish, None)
+
+    def next(self) -> None:
+        """Send to the node the map names for this attempt, or answer if none is left."""
+        if self.done:
+            return
+        if self._attempt > REDIRECTS_MAX:
+            self.finish(self._refused)
+            return
+        message = self._message
+        address = _address_of(self._peer.map(), message.namespace, message.group, self._attempt)
+        if address is None:
+            self.finish(self._refused)
+            return
+        self._peer.connect(address, self)
+
+    def send_on(self, connection: _Connection) -> None:
+        if self.done:
+            return
+        try:
+            self._sent = (connection, connection.send(self._message, self._answered))
+        except Exception:
+            self._failed()
+
+    def unreachable(self) -> None:
+        """No connection could be opened: nothing was sent; the next address."""
+        self._attempt += 1
+        self.next()
+
+    def _answered(self, response: wire.Response | None) -> None:
+        self._sent = None
+        try:
+            if response is None:  # the connection closed after the frame may have left
+                self.finish(None)
+            elif response.code == ResultCode.NOT_LEADER:
+                self._refused = wire.Response(code=response.code, message=response.message)
+                self._peer.adopt(response.partition_map or self._peer.map_of())
+                self._attempt += 1
+                self.next()
+            elif response.in_doubt or not is_definite(response.code):  # TIMEOUT among them
+                self.finish(None)
+            else:
+                self.finish(response)
+        except Exception:
+            self._failed()
+
+    def _failed(self) -> None:
+        message = self._message
+        log.exception("peer_step_failed", namespace=message.namespace, group=message.group)
+        self.finish(None)
+
+    def finish(self, response: wire.Response | None) -> None:
+        """Answer once (a late answer, a timeout or close() after that does nothing)."""
+        if self.done:
+            return
+        self.done = True
+        self._timer.cancel()
+        if self._sent is not None:
+            connection, request_id = self._sent
+            connection.forget(request_id)
+        self._peer.finished(self)
+        try:
+            self._reply(response)
+        except Exception:
+            message = self._message
+            log.exception("peer_reply_failed", namespace=message.namespace, group=message.group)
 
 
 class Peer:
     def __init__(
         self, map_of: Callable[[], dict[str, Any]], *, timeout_ms: int = STEP_TIMEOUT_MS
     ) -> None:
-        self._map_of = map_of
-        self._timeout_s = timeout_ms / 1000
+        self.map_of = map_of
+        self.timeout_s = timeout_ms / 1000
         self._layout: dict[str, Any] = {}  # the latest map: the node's own or a redirect's
         self._layout_until = 0.0
         self._connections: dict[Address, _Connection] = {}
-        self._connecting: dict[Address, asyncio.Task[_Connection]] = {}
+        self._connecting: dict[Address, list[_Step]] = {}  # steps waiting for the connection
+        self._steps: set[_Step] = set()  # not answered yet
         self._closed = False
         self._close_lock = threading.Lock()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="peer", daemon=True)
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="peer", daemon=True)
         self._thread.start()
 
     def step(
@@ -133,7 +214,7 @@ class Peer:
             reply(None)
             return
         try:
-            self._loop.call_soon_threadsafe(self._start, message, reply)
+            self.loop.call_soon_threadsafe(self._start, message, reply)
         except RuntimeError:  # the loop is closed: the node is stopping
             reply(None)
 
@@ -143,13 +224,13 @@ class Peer:
             if self._closed:
                 return
             self._closed = True
-        stopping = asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop)
+        stopping = asyncio.run_coroutine_threadsafe(self._shutdown(), self.loop)
         with contextlib.suppress(Exception):
             stopping.result(CLOSE_JOIN_S)
-        self._loop.call_soon_threadsafe(self._loop.stop)
+        self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=CLOSE_JOIN_S)
         if not self._thread.is_alive():
-            self._loop.close()
+            self.loop.close()
 
     # -- on the peer's thread ---------------------------------------------------------------
 
@@ -157,77 +238,59 @@ class Peer:
         if self._closed:  # queued just before close(): nobody will run it
             reply(None)
             return
-        self._loop.create_task(self._run(message, reply))
+        step = _Step(self, message, reply)
+        self._steps.add(step)
+        step.next()
 
-    async def _run(self, message: wire.TxnStepMsg, reply: StepReply) -> None:
-        try:
-            response = await asyncio.wait_for(self._exchange(message), self._timeout_s)
-        except (TimeoutError, asyncio.CancelledError):  # late, or close() in the middle
-            response = None
-        except Exception:
-            log.exception("peer_step_failed", namespace=message.namespace, group=message.group)
-            response = None
-        try:
-            reply(response)
-        except Exception:
-            log.exception("peer_reply_failed", namespace=message.namespace, group=message.group)
+    def finished(self, step: _Step) -> None:
+        self._steps.discard(step)
 
-    async def _exchange(self, message: wire.TxnStepMsg) -> wire.Response | None:
-        refused: wire.Response | None = None
-        for attempt in range(REDIRECTS_MAX + 1):
-            address = _address_of(self._map(), message.namespace, message.group, attempt)
-            if address is None:
-                return refused
-            try:
-                connection = await self._connection(address)
-            except (OSError, TimeoutError) as exc:  # nothing was sent: ask another address
-                log.info("peer_unreachable", host=address[0], port=address[1], reason=str(exc))
-                self._adopt(self._map_of())
-                continue
-            try:
-                response = await connection.call(message, self._timeout_s)
-            except _Lost:
-                return None
-            if response.code == ResultCode.NOT_LEADER:
-                refused = wire.Response(code=response.code, message=response.message)
-                self._adopt(response.partition_map or self._map_of())
-                continue
-            if response.in_doubt or not is_definite(response.code):  # TIMEOUT among them
-                return None
-            return response
-        return refused
-
-    def _map(self) -> dict[str, Any]:
-        if self._loop.time() >= self._layout_until:
-            self._adopt(self._map_of())
+    def map(self) -> dict[str, Any]:
+        if self.loop.time() >= self._layout_until:
+            self.adopt(self.map_of())
         return self._layout
 
-    def _adopt(self, layout: dict[str, Any]) -> None:
+    def adopt(self, layout: dict[str, Any]) -> None:
         self._layout = layout
-        self._layout_until = self._loop.time() + LAYOUT_TTL_S
+        self._layout_until = self.loop.time() + LAYOUT_TTL_S
 
-    async def _connection(self, address: Address) -> _Connection:
+    def connect(self, address: Address, step: _Step) -> None:
+        """Send `step` on the connection to `address`, opened first if need be. Steps that
+        need it while it is being opened wait for that one: one connection per node."""
         connection = self._connections.get(address)
         if connection is not None and not connection.closed:
-            return connection
-        # Steps that need a connection while one is being opened wait for that one: one
-        # connection per node. Shielded: a step that gives up does not cancel the others'.
-        opening = self._connecting.get(address)
-        if opening is None:
-            opening = self._connecting[address] = self._loop.create_task(self._open(address))
-            opening.add_done_callback(lambda _: self._connecting.pop(address, None))
-        return await asyncio.shield(opening)
+            step.send_on(connection)
+            return
+        waiting = self._connecting.get(address)
+        if waiting is not None:
+            waiting.append(step)
+            return
+        self._connecting[address] = [step]
+        self.loop.create_task(self._open(address))
 
-    async def _open(self, address: Address) -> _Connection:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(*address), CONNECT_TIMEOUT_S
-        )
-        connection = self._connections[address] = _Connection(reader, writer)
-        return connection
+    async def _open(self, address: Address) -> None:
+        connection: _Connection | None = None
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(*address), CONNECT_TIMEOUT_S
+            )
+            connection = self._connections[address] = _Connection(reader, writer)
+        except (OSError, TimeoutError) as exc:  # nothing was sent: ask another address
+            log.info("peer_unreachable", host=address[0], port=address[1], reason=str(exc))
+            self.adopt(self.map_of())
+        finally:
+            waiting = self._connecting.pop(address, [])
+        for step in waiting:
+            if connection is None:
+                step.unreachable()
+            else:
+                step.send_on(connection)
 
     async def _shutdown(self) -> None:
-        for connection in self._connections.values():
+        for connection in list(self._connections.values()):
             connection.close()
+        for step in list(self._steps):
+            step.finish(None)
         running = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
         for task in running:
             task.cancel()
