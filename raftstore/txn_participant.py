@@ -596,15 +596,20 @@ def _plan(
         _check_unlocked(store, digest, reads_through_read_locks=False)
     for digest in read_only:
         _check_unlocked(store, digest, reads_through_read_locks=apply)
+    # A transfer reads the records it writes: each is loaded (and decoded) once.
+    loaded = {r.digest: records.load(r.digest) for r in reads}
     for read in reads:
         seen = (read.generation, read.last_update_ms)
-        current = visible_version(records.load(read.digest), now_ms)
+        current = visible_version(loaded[read.digest], now_ms)
         if seen != current:
             raise error(
                 ResultCode.MRT_VERSION_MISMATCH,
                 f"record {read.digest.hex()} is at version {current}, the transaction read {seen}",
             )
-    planned = [(w.digest, _written(records, ns, w, now_ms, exact=apply)) for w in writes]
+    planned = [
+        (w.digest, _written(_loaded(records, loaded, w.digest), ns, w, now_ms, exact=apply))
+        for w in writes
+    ]
     set_names = sorted({r.set_name for _, r in planned if r is not None and r.set_name})
     if set_names:
         records.ensure_sets(set_names)
@@ -636,10 +641,15 @@ def _check_unlocked(store: _Store, digest: bytes, *, reads_through_read_locks: b
     raise _Blocked(intent)
 
 
-def _written(
-    records: RecordStore, ns: NamespaceConfig, write: TxnWrite, now_ms: int, *, exact: bool
+def _loaded(
+    records: RecordStore, loaded: dict[bytes, Record | None], digest: bytes
 ) -> Record | None:
-    existing = records.load(write.digest)
+    return loaded[digest] if digest in loaded else records.load(digest)
+
+
+def _written(
+    existing: Record | None, ns: NamespaceConfig, write: TxnWrite, now_ms: int, *, exact: bool
+) -> Record | None:
     outcome = operations.operate(
         existing,
         write.ops,
