@@ -179,3 +179,33 @@ def test_concurrent_steps_share_one_connection_per_node(
     assert [response.value for response in answers if response is not None] == [b"ok"] * 20
     servers["a"].wait_for(lambda: servers["a"].accepted >= 1)
     assert servers["a"].accepted == 1
+
+
+def test_a_late_answer_after_the_timeout_is_dropped_and_the_connection_serves_on(
+    servers: dict[str, ScriptedServer],
+) -> None:
+    late: list[tuple[ServerEnd, int]] = []
+
+    def script(_: ScriptedServer, peer: ServerEnd, request_id: int, msg: wire.Request) -> None:
+        assert isinstance(msg, wire.TxnStepMsg)
+        if msg.txn_id == 1:
+            late.append((peer, request_id))  # answered by the test, after the timeout
+        else:
+            peer.reply(request_id, wire.Response(value=b"prompt"))
+
+    start(servers, {"a": script})
+    layout = partition_map(1, servers, ["a"])
+    peer = Peer(lambda: layout, timeout_ms=300)
+    first, second = Steps(), Steps()
+    try:
+        peer.step(NS, 0, None, 1, first.reply)
+        assert first.wait() == [None], "no answer within the step's timeout: unknown"
+        ((end, request_id),) = late
+        end.reply(request_id, wire.Response(value=b"late"))
+        peer.step(NS, 0, None, 2, second.reply)
+        (response,) = second.wait()
+        assert response is not None and response.value == b"prompt"
+    finally:
+        peer.close()
+    assert first.answers == [None], "the late answer reached nobody"
+    assert servers["a"].accepted == 1, "the connection stayed open"
