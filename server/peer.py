@@ -52,20 +52,17 @@ StepReply = Callable[[wire.Response | None], None]
 Address = tuple[str, int]
 
 
-Answer = Callable[[wire.Response | None], None]
-
-
 class _Connection:
     """One pipelined connection to a node: requests matched to answers by id."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writer = writer
-        self._waiting: dict[int, Answer] = {}
+        self._waiting: dict[int, StepReply] = {}
         self._ids = itertools.count(1)
         self.closed = False
         self._reading = asyncio.get_running_loop().create_task(self._read(reader))
 
-    def send(self, message: wire.TxnStepMsg, answer: Answer) -> int:
+    def send(self, message: wire.TxnStepMsg, answer: StepReply) -> int:
         """Write the frame; `answer` gets the response, or None if the connection closes
         first. The request id, for `forget`. Raises RaftstoreError if it cannot be encoded
         (nothing was sent)."""
