@@ -411,10 +411,9 @@ class Coordinator:
     def _resolved_one(self, group: int | None) -> list[Action]:
         if group is not None:
             self._resolved.add(group)
-        if not self._resolved.issuperset(self.groups):
-            return self._answer_when_settled()
         actions = self._answer_when_settled()
-        self._phase = _Phase.DONE
+        if self._resolved.issuperset(self.groups):
+            self._phase = _Phase.DONE
         return actions
 
     def _answer_when_settled(self) -> list[Action]:
