@@ -73,7 +73,6 @@ import hashlib
 import hmac
 import itertools
 import os
-import pickle
 import shutil
 import struct
 import threading
@@ -982,7 +981,7 @@ def _store_sends(connection: Any) -> None:
 def _send(connection: Any, message: Any) -> None:
     if connection.sendRandKey:
         message = (connection.sendRandKey, message)
-    data = zlib.compress(pickle.dumps(message, PICKLE_PROTOCOL), 0)
+    data = zlib.compress(pysyncobj.pickle.dumps(message), 0)  # at PICKLE_PROTOCOL
     if connection.encryptor:
         data = connection.encryptor.encrypt_at_time(data, int(pysyncobj_monotonic()))
     connection._TcpConnection__writeBuffer += _MESSAGE_LENGTH.pack(len(data)) + data
