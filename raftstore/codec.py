@@ -133,6 +133,33 @@ def encode_record(record: Record) -> bytes:
     return _HEADER.pack(RECORD_FORMAT_VERSION, zlib.crc32(body)) + body
 
 
+def encoded_record_bytes_restamped(
+    encoded: bytes, record: Record, generation: int, last_update_ms: int
+) -> int:
+    """The length `encode_record` gives `record` with its generation and last-update time
+    replaced, from `encoded` (its own encoding): only those two integers change width."""
+    return (
+        len(encoded)
+        + _uint_bytes(generation)
+        - _uint_bytes(record.generation)
+        + _uint_bytes(last_update_ms)
+        - _uint_bytes(record.last_update_ms)
+    )
+
+
+def _uint_bytes(value: int) -> int:
+    """msgpack's width for a non-negative int (the packer picks the shortest form)."""
+    if value < 0x80:
+        return 1
+    if value <= 0xFF:
+        return 2
+    if value <= 0xFFFF:
+        return 3
+    if value <= 0xFFFF_FFFF:
+        return 5
+    return 9
+
+
 def decode_record(data: bytes | bytearray | memoryview) -> Record:
     """The record encoded in `data`, or RECORD_CORRUPT."""
     generation, void_time, last_update_ms, set_name, tombstone, user_key, bins = _fields(data)

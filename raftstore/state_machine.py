@@ -484,12 +484,13 @@ class _TxnRecords:
     def ensure_sets(self, set_names: Sequence[str]) -> None:
         self._batch.ensure_sets(set_names)
 
-    def store(self, digest: bytes, record: Record) -> None:
+    def store(self, digest: bytes, record: Record, encoded: bytes | None = None) -> None:
         """The participant checked the size and ensured the set first: a failure here is our
         bug, so it crashes the command (the batch is applied again without it) rather than
-        leave the command half done."""
+        leave the command half done. `encoded`: `record` encoded already, by the participant."""
         batch = self._batch
-        encoded = codec.encode_record(record)  # asserts `check_record` first
+        if encoded is None:
+            encoded = codec.encode_record(record)  # asserts `check_record` first
         max_record_bytes = self._machine.namespace.max_record_bytes
         assert len(encoded) <= max_record_bytes, (digest.hex(), len(encoded), max_record_bytes)
         assert not record.set_name or (

@@ -43,6 +43,7 @@ from typing import Any, Final
 from raftstore import codec, limits
 from raftstore.commands import Result
 from raftstore.errors import RaftstoreError, ResultCode, error
+from raftstore.frozen import fast_init
 from raftstore.ops import Op, OpCode
 from raftstore.policy import Exists, Gen, WritePolicy
 from raftstore.record import UserKey
@@ -78,6 +79,7 @@ class TxnState(enum.IntEnum):
     ABORTED = 3
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class TxnRead:
     """A key the transaction read, and the version it saw: (0, 0) when absent."""
@@ -87,6 +89,7 @@ class TxnRead:
     last_update_ms: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class TxnWrite:
     """The buffered op list of one key, applied at commit under `policy`."""
@@ -98,6 +101,7 @@ class TxnWrite:
     policy: WritePolicy
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class TxnApply:
     txn_id: int
@@ -115,6 +119,7 @@ class TxnBegin:
     participants: tuple[int, ...]  # the groups that get a TxnPrepare, ascending
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class TxnPrepare:
     """`participants` is empty except in the home group's prepare, which then also does what
@@ -147,6 +152,7 @@ class TxnDecide:
     resolve_here: bool = False
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class TxnCommit:
     """The home group's part of a transaction over several groups, proposed once every other
@@ -165,6 +171,7 @@ class TxnCommit:
     participants: tuple[int, ...]
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class TxnResolve:
     """`decided_ms` is the decide's timestamp (its result's `last_update_ms`): the last-update
@@ -470,6 +477,9 @@ def writes_from_wire(value: Any) -> tuple[TxnWrite, ...]:
     return tuple(writes)
 
 
+_OP_CODES: Final = {int(code): code for code in OpCode}
+
+
 def _op(raw: Any) -> Op:
     if type(raw) is not list or len(raw) != 3:
         raise _bad("an op is [code, bin, args]")
@@ -478,11 +488,18 @@ def _op(raw: Any) -> Op:
         raise _bad("an op's bin name must be a str or nil")
     if type(args) is not list:
         raise _bad("an op's args must be an array")
-    try:
-        op_code = OpCode(_int(code, "an op code", 0, 255))
-    except ValueError:
-        raise _bad(f"unknown op code {code!r}") from None
+    op_code = _OP_CODES.get(code) if type(code) is int else None
+    if op_code is None:
+        raise _bad(f"unknown op code {code!r}")
     return Op(op_code, bin_name, tuple(args))
+
+
+# Decoded policies by their fields, as in `command_codec`: a few distinct ones carry nearly
+# every write, and every replica decodes every prepare and commit. Bounded, so that varying
+# generations or ttls cannot grow it without end. Keys are looked up only after the exact
+# type checks (True == 1 as a dict key).
+_POLICIES: dict[tuple[int, int, int, int, bool], WritePolicy] = {}
+_POLICIES_MAX: Final = 4096
 
 
 def _policy(raw: Any) -> WritePolicy:
@@ -491,8 +508,13 @@ def _policy(raw: Any) -> WritePolicy:
     exists, gen, generation, ttl, send_key = raw
     if type(send_key) is not bool:
         raise _bad("a policy's send_key must be a bool")
+    key = (exists, gen, generation, ttl, send_key)
+    if type(exists) is int and type(gen) is int and type(generation) is int and type(ttl) is int:
+        cached = _POLICIES.get(key)
+        if cached is not None:
+            return cached
     try:
-        return WritePolicy(
+        policy = WritePolicy(
             Exists(_int(exists, "exists", 0, 255)),
             Gen(_int(gen, "gen", 0, 255)),
             # Ranges are `operations`' to check (PARAMETER_ERROR), as for any request.
@@ -502,3 +524,6 @@ def _policy(raw: Any) -> WritePolicy:
         )
     except ValueError as exc:
         raise _bad(f"bad write policy: {exc}") from None
+    if len(_POLICIES) < _POLICIES_MAX:
+        _POLICIES[key] = policy
+    return policy

@@ -70,6 +70,7 @@ from raftstore import codec, keys, limits, operations
 from raftstore.commands import Result, decode_result, encode_result, failure
 from raftstore.config import NamespaceConfig
 from raftstore.errors import RaftstoreError, ResultCode, error
+from raftstore.frozen import fast_init
 from raftstore.kv import KvTxn, Table
 from raftstore.record import Record, next_generation
 from raftstore.txn_commands import (
@@ -120,11 +121,13 @@ class RecordStore(Protocol):
         """Give every set a set id, all or none: SET_LIMIT (and no effect) if they do not
         all fit."""
 
-    def store(self, digest: bytes, record: Record) -> None:
-        """Write `record` (index metadata follows after commit). Called only for records
-        whose size was checked and whose set was ensured: it must not fail."""
+    def store(self, digest: bytes, record: Record, encoded: bytes | None = None) -> None:
+        """Write `record` (index metadata follows after commit), given as `encoded` when
+        the caller encoded it already. Called only for records whose size was checked and
+        whose set was ensured: it must not fail."""
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Intent:
     txn_id: int
@@ -137,6 +140,7 @@ class Intent:
         return self.provisional is not None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class TxnRecord:
     """A transaction record, kept in the home group."""
@@ -164,6 +168,7 @@ class _Local(enum.IntEnum):
     ABORTED = 3
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class _Marker:
     state: _Local
@@ -364,9 +369,9 @@ def _apply(store: _Store, records: RecordStore, ns: NamespaceConfig, cmd: TxnApp
         plan = _plan(store, records, ns, cmd)
     except RaftstoreError as exc:
         return _fail(store, cmd, exc)
-    for digest, record in plan.writes:
+    for digest, record, encoded in plan.writes:
         if record is not None:
-            records.store(digest, record)
+            records.store(digest, record, encoded)
     answer = Result(count=len(plan.writes), last_update_ms=cmd.now_ms)
     final = _Marker(_Local.COMMITTED, 0, cmd.deadline_ms, (), answer, cmd.now_ms)
     store.put_marker(cmd.txn_id, final)
@@ -397,11 +402,12 @@ def _prepare(store: _Store, records: RecordStore, ns: NamespaceConfig, cmd: TxnP
     if cmd.is_home and record is None:
         store.put_record(cmd.txn_id, TxnRecord(TxnState.OPEN, cmd.deadline_ms, cmd.participants, 0))
     locked: list[bytes] = []
-    for digest, provisional in plan.writes:
-        store.put_intent(digest, Intent(cmd.txn_id, cmd.home, cmd.deadline_ms, provisional))
+    for digest, provisional, encoded in plan.writes:
+        intent = Intent(cmd.txn_id, cmd.home, cmd.deadline_ms, provisional)
+        store.put_intent(digest, intent, encoded)
         locked.append(digest)
     for digest in plan.read_only:
-        store.put_intent(digest, Intent(cmd.txn_id, cmd.home, cmd.deadline_ms, None))
+        store.put_intent(digest, Intent(cmd.txn_id, cmd.home, cmd.deadline_ms, None), None)
         locked.append(digest)
     prepared = _Marker(_Local.PREPARED, cmd.home, cmd.deadline_ms, tuple(locked), Result(), 0)
     store.put_marker(cmd.txn_id, prepared)
@@ -429,9 +435,9 @@ def _commit(store: _Store, records: RecordStore, ns: NamespaceConfig, cmd: TxnCo
         aborted = TxnRecord(TxnState.ABORTED, cmd.deadline_ms, cmd.participants, cmd.now_ms)
         store.put_record(cmd.txn_id, aborted)
         return answer
-    for digest, written in plan.writes:
+    for digest, written, encoded in plan.writes:
         if written is not None:
-            records.store(digest, written)
+            records.store(digest, written, encoded)
     committed = TxnRecord(TxnState.COMMITTED, cmd.deadline_ms, cmd.participants, cmd.now_ms)
     store.put_record(cmd.txn_id, committed)
     return decide_result(TxnState.COMMITTED, cmd.now_ms)
@@ -569,7 +575,9 @@ def _forget(store: _Store, ns: NamespaceConfig, cmd: TxnForget) -> Result:
 
 @dataclass(frozen=True, slots=True)
 class _Plan:
-    writes: list[tuple[bytes, Record | None]]  # None: the ops change nothing (a read lock)
+    # (digest, record, its encoding); record and encoding None: the ops change nothing (a
+    # read lock). A provisional record is stored encoded as it is now (restamped at resolve).
+    writes: list[tuple[bytes, Record | None, bytes | None]]
     read_only: list[bytes]  # digests read and not written
 
 
@@ -607,10 +615,10 @@ def _plan(
                 f"record {read.digest.hex()} is at version {current}, the transaction read {seen}",
             )
     planned = [
-        (w.digest, _written(_loaded(records, loaded, w.digest), ns, w, now_ms, exact=apply))
+        (w.digest, *_written(_loaded(records, loaded, w.digest), ns, w, now_ms, exact=apply))
         for w in writes
     ]
-    set_names = sorted({r.set_name for _, r in planned if r is not None and r.set_name})
+    set_names = sorted({r.set_name for _, r, _ in planned if r is not None and r.set_name})
     if set_names:
         records.ensure_sets(set_names)
     return _Plan(planned, read_only)
@@ -649,7 +657,9 @@ def _loaded(
 
 def _written(
     existing: Record | None, ns: NamespaceConfig, write: TxnWrite, now_ms: int, *, exact: bool
-) -> Record | None:
+) -> tuple[Record, bytes] | tuple[None, None]:
+    """The record `write` makes of `existing` and its encoding, checked against
+    max-record-size; (None, None) if it changes nothing."""
     outcome = operations.operate(
         existing,
         write.ops,
@@ -660,18 +670,21 @@ def _written(
         namespace=ns,
     )
     if not outcome.changed:
-        return None
+        return None, None
     record = outcome.record
     assert record is not None
-    # A provisional record is restamped at resolve: size it with the largest metadata.
-    sized = record if exact else replace(record, generation=0xFFFF, last_update_ms=limits.INT_MAX)
-    size = len(codec.encode_record(sized))
+    encoded = codec.encode_record(record)
+    size = len(encoded)
+    if not exact:  # restamped at resolve: size it with the widest metadata it may get
+        size = codec.encoded_record_bytes_restamped(
+            encoded, record, limits.GENERATION_MAX, limits.INT_MAX
+        )
     if size > ns.max_record_bytes:
         raise error(
             ResultCode.RECORD_TOO_BIG,
             f"record of {size} bytes is over max-record-size {ns.max_record_bytes}",
         )
-    return record
+    return record, encoded
 
 
 class _Blocked(RaftstoreError):
@@ -729,8 +742,9 @@ class _Store:
         raw = self.txn.get(self.tables.intents, digest)
         return None if raw is None else _decode_intent(raw)
 
-    def put_intent(self, digest: bytes, intent: Intent) -> None:
-        self.txn.put(self.tables.intents, digest, _encode_intent(intent))
+    def put_intent(self, digest: bytes, intent: Intent, provisional: bytes | None) -> None:
+        """`provisional`: `intent.provisional` encoded (`codec.encode_record`), or None."""
+        self.txn.put(self.tables.intents, digest, _encode_intent(intent, provisional))
 
     def delete_intent(self, digest: bytes) -> None:
         deleted = self.txn.delete(self.tables.intents, digest)
@@ -757,8 +771,8 @@ class _Store:
         self.txn.delete(self.tables.txns, _MARKER_PREFIX + _U64.pack(txn_id))
 
 
-def _encode_intent(intent: Intent) -> bytes:
-    provisional = None if intent.provisional is None else codec.encode_record(intent.provisional)
+def _encode_intent(intent: Intent, provisional: bytes | None) -> bytes:
+    assert (provisional is None) == (intent.provisional is None), intent
     return codec.pack_value([_FORMAT, intent.txn_id, intent.home, intent.deadline_ms, provisional])
 
 

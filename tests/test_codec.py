@@ -26,6 +26,8 @@ from raftstore.frozen import fast_init
 from raftstore.ops import Op, OpCode
 from raftstore.policy import WritePolicy
 from raftstore.record import Record, RecordMeta
+from raftstore.txn_commands import TxnApply, TxnCommit, TxnPrepare, TxnRead, TxnResolve, TxnWrite
+from raftstore.txn_participant import Intent, TxnRecord
 from raftstore.values import GeoJSON
 
 POINT = GeoJSON('{"type":"Point","coordinates":[-122.5,37.7]}')
@@ -267,6 +269,21 @@ def test_records_round_trip(record: Record) -> None:
     assert same_record(decoded, record)
 
 
+@given(
+    records(),
+    st.integers(1, limits.GENERATION_MAX),
+    st.sampled_from([0, 1, 127, 128, 255, 256, 65_535, 65_536, 2**32 - 1, 2**32, limits.INT_MAX]),
+)
+def test_restamped_size_is_the_size_of_the_restamped_encoding(
+    record: Record, generation: int, last_update_ms: int
+) -> None:
+    """A prepare sizes its provisional record this way: exactly, never by a byte less."""
+    restamped = dataclasses.replace(record, generation=generation, last_update_ms=last_update_ms)
+    encoded = codec.encode_record(record)
+    size = codec.encoded_record_bytes_restamped(encoded, record, generation, last_update_ms)
+    assert size == len(codec.encode_record(restamped))
+
+
 def test_a_large_record_round_trips() -> None:
     record = Record(1, 0, 1, "big", {"blob": bytes(range(256)) * 4096, "n": 1})
     assert same_record(codec.decode_record(codec.encode_record(record)), record)
@@ -444,7 +461,22 @@ def test_decode_meta_refuses_what_decode_record_refuses() -> None:
 
 # -- frozen data: the cheaper constructors of raftstore.frozen -----------------------------------
 
-FAST_INIT_CLASSES = [RecordMeta, Record, Op, WritePolicy, RecordRequest, Result]
+FAST_INIT_CLASSES = [
+    RecordMeta,
+    Record,
+    Op,
+    WritePolicy,
+    RecordRequest,
+    Result,
+    TxnRead,
+    TxnWrite,
+    TxnApply,
+    TxnPrepare,
+    TxnCommit,
+    TxnResolve,
+    Intent,
+    TxnRecord,
+]
 
 
 @pytest.mark.parametrize("cls", FAST_INIT_CLASSES, ids=lambda cls: cls.__name__)

@@ -100,8 +100,10 @@ class KvRecords:
         for offset, name in enumerate(new):
             self.txn.put(Table.SETS, name.encode(), (used + offset + 1).to_bytes(2, "big"))
 
-    def store(self, digest: bytes, record: Record) -> None:
-        encoded = codec.encode_record(record)
+    def store(self, digest: bytes, record: Record, encoded: bytes | None = None) -> None:
+        if encoded is None:
+            encoded = codec.encode_record(record)
+        assert encoded == codec.encode_record(record), "the encoding given is the record's"
         assert len(encoded) <= NAMESPACE.max_record_bytes, "a store that fails is our bug"
         self.txn.put(Table.RECORDS, digest, encoded)
 
