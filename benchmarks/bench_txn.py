@@ -16,7 +16,7 @@ and not retried: the abort rate is the share of attempts that aborted.
 Target (issue 4): txn-cross at low contention at least a quarter of write's rate.
 On a shared 2-core machine one phase's rate moves by 15% from run to run (and by up to 45%
 when the host steals CPU: the same write phase ran at 1,763-3,375/s on 2026-11-23; round
-ratios of one run spread from 0.17 to 0.25), so write/low and
+ratios of one run spread from 0.17 to 0.28), so write/low and
 txn-cross/low run `--rounds` times, alternately (in turn first): each round's ratio compares
 two phases run seconds apart, and the figure is the median round's (its rows are that
 round's; with an even count, the upper middle one).
