@@ -497,7 +497,8 @@ def _op(raw: Any) -> Op:
 # Decoded policies by their fields, as in `command_codec`: a few distinct ones carry nearly
 # every write, and every replica decodes every prepare and commit. Bounded, so that varying
 # generations or ttls cannot grow it without end. Keys are looked up only after the exact
-# type checks (True == 1 as a dict key).
+# type checks (True == 1 as a dict key). Not shared with `command_codec`'s cache: that module
+# imports this one, and a key it admitted has not passed the range checks made here.
 _POLICIES: dict[tuple[int, int, int, int, bool], WritePolicy] = {}
 _POLICIES_MAX: Final = 4096
 
