@@ -604,8 +604,11 @@ def _plan(
         _check_unlocked(store, digest, reads_through_read_locks=False)
     for digest in read_only:
         _check_unlocked(store, digest, reads_through_read_locks=apply)
-    # A transfer reads the records it writes: each is loaded (and decoded) once.
+    # A transfer reads the records it writes: each record is loaded (and decoded) once.
     loaded = {r.digest: records.load(r.digest) for r in reads}
+    for digest in written:
+        if digest not in loaded:
+            loaded[digest] = records.load(digest)
     for read in reads:
         seen = (read.generation, read.last_update_ms)
         current = visible_version(loaded[read.digest], now_ms)
@@ -614,10 +617,7 @@ def _plan(
                 ResultCode.MRT_VERSION_MISMATCH,
                 f"record {read.digest.hex()} is at version {current}, the transaction read {seen}",
             )
-    planned = [
-        (w.digest, *_written(_loaded(records, loaded, w.digest), ns, w, now_ms, exact=apply))
-        for w in writes
-    ]
+    planned = [(w.digest, *_written(loaded[w.digest], ns, w, now_ms, exact=apply)) for w in writes]
     set_names = sorted({r.set_name for _, r, _ in planned if r is not None and r.set_name})
     if set_names:
         records.ensure_sets(set_names)
@@ -647,12 +647,6 @@ def _check_unlocked(store: _Store, digest: bytes, *, reads_through_read_locks: b
     if intent is None or (reads_through_read_locks and not intent.is_write):
         return
     raise _Blocked(intent)
-
-
-def _loaded(
-    records: RecordStore, loaded: dict[bytes, Record | None], digest: bytes
-) -> Record | None:
-    return loaded[digest] if digest in loaded else records.load(digest)
 
 
 def _written(
